@@ -1,0 +1,74 @@
+"""NVIDIA compiler: NVRTC through cuda-bindings.  Produces a cubin for one ``sm_XX``."""
+from __future__ import annotations
+
+import glob
+import os
+import sys
+from functools import lru_cache
+
+from . import BackendMissing, CompileError
+
+INSTALL_HINT = "the NVIDIA backend needs cuda-bindings and NVRTC (pip install 'jitkern[cuda]')"
+
+
+@lru_cache(maxsize=1)
+def _nvrtc():
+    try:
+        from cuda.bindings import nvrtc
+    except ImportError as e:
+        raise BackendMissing(f"cannot import cuda.bindings.nvrtc ({e}); {INSTALL_HINT}") from None
+    return nvrtc
+
+
+def _check(result, what: str):
+    err = result[0]
+    if int(err) != 0:
+        raise RuntimeError(f"{what} failed: {err}")
+    return result[1:]
+
+
+@lru_cache(maxsize=1)
+def include_dir() -> str:
+    """A directory holding cuda_fp16.h: CUDA_HOME/CUDA_PATH, the pip CUDA headers, or /usr/local/cuda*."""
+    roots = [os.environ.get(v, "") for v in ("CUDA_HOME", "CUDA_PATH")]
+    candidates = [os.path.join(r, "include") for r in roots if r]
+    for site in sys.path:
+        candidates += sorted(glob.glob(os.path.join(site, "nvidia", "cu*", "include")), reverse=True)
+        candidates += glob.glob(os.path.join(site, "nvidia", "cuda_runtime", "include"))
+    candidates += ["/usr/local/cuda/include"] + sorted(glob.glob("/usr/local/cuda-*/include"), reverse=True)
+    for c in candidates:
+        if os.path.exists(os.path.join(c, "cuda_fp16.h")):
+            return c
+    raise BackendMissing("cuda_fp16.h not found (set CUDA_HOME, or pip install nvidia-cuda-runtime)")
+
+
+@lru_cache(maxsize=1)
+def fingerprint() -> str:
+    major, minor = _check(_nvrtc().nvrtcVersion(), "nvrtcVersion")
+    return f"nvrtc-{major}.{minor}"
+
+
+def default_options(arch: str) -> list[str]:
+    # NVRTC optimises by default and rejects -O3.
+    return [f"--gpu-architecture={arch}", "-std=c++17", f"-I{include_dir()}"]
+
+
+def compile(source: str, arch: str, options: list[str], name: str = "kernel.cu") -> bytes:
+    """Compile CUDA source to a cubin."""
+    nvrtc = _nvrtc()
+    (prog,) = _check(nvrtc.nvrtcCreateProgram(source.encode(), name.encode(), 0, [], []), "nvrtcCreateProgram")
+    try:
+        opts = [o.encode() for o in options]
+        (err,) = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
+        (size,) = _check(nvrtc.nvrtcGetProgramLogSize(prog), "nvrtcGetProgramLogSize")
+        log = b" " * size
+        if size:
+            _check(nvrtc.nvrtcGetProgramLog(prog, log), "nvrtcGetProgramLog")
+        if int(err) != 0:
+            raise CompileError(name, arch, log.rstrip(b"\0").decode(errors="replace"), source, options)
+        (size,) = _check(nvrtc.nvrtcGetCUBINSize(prog), "nvrtcGetCUBINSize")
+        cubin = b" " * size
+        _check(nvrtc.nvrtcGetCUBIN(prog, cubin), "nvrtcGetCUBIN")
+        return cubin
+    finally:
+        nvrtc.nvrtcDestroyProgram(prog)

@@ -1,0 +1,83 @@
+"""The kernel families jitkern can build: template, entry point and the values each was written for."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .formats.layout import SUPPORTED_BITS
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    template: str                                  # file under templates/
+    fmts: tuple
+    bits: tuple = (0,)
+    groups: tuple = (0,)
+    ms: tuple = (1,)
+    acts: tuple = ("f16",)
+    options: dict = field(default_factory=dict)    # name -> allowed values (first = default)
+    consts: Callable = lambda spec: {}             # launch constants shared by template and op
+
+    @property
+    def entry(self) -> str:
+        return f"jk_{self.name}"
+
+    def validate(self, spec) -> None:
+        def bad(what, value, allowed):
+            raise ValueError(f"{spec.family}: {what}={value!r} is not supported; expected one of {list(allowed)}")
+
+        for what, allowed in (("fmt", self.fmts), ("bits", self.bits), ("group", self.groups),
+                              ("m", self.ms), ("act", self.acts)):
+            if getattr(spec, what) not in allowed:
+                bad(what, getattr(spec, what), allowed)
+        given = dict(spec.options)
+        for name, value in given.items():
+            if name not in self.options:
+                bad("option", name, self.options)
+            if value not in self.options[name]:
+                bad(name, value, self.options[name])
+        full = {name: given.get(name, allowed[0]) for name, allowed in self.options.items()}
+        object.__setattr__(spec, "options", tuple(sorted(full.items())))
+
+
+FAMILIES: dict[str, Family] = {}
+
+
+def register(family: Family) -> Family:
+    FAMILIES[family.name] = family
+    return family
+
+
+def get_family(name: str) -> Family:
+    try:
+        return FAMILIES[name]
+    except KeyError:
+        raise ValueError(f"unknown kernel family {name!r}; known: {sorted(FAMILIES)}") from None
+
+
+GROUPS = (32, 64, 128, -1)
+GEMV_MS = tuple(range(1, 9))
+
+# Dequantize the int layout to fp16 W^T [K, N]: the prefill path (then a BLAS GEMM).
+register(Family("gptq_dequant", "gptq_dequant.hip.j2", fmts=("gptq",), bits=SUPPORTED_BITS,
+                groups=GROUPS, acts=("f16",), options={"sym": (False, True), "act_order": (False, True)},
+                consts=lambda spec: {"threads": 256}))
+
+
+def _gemv_consts(spec) -> dict:
+    msplit = (spec.m + 1) // 2               # at most 2 rows a lane keeps gfx906 within 64 VGPRs
+    return {"threads": 256, "msplit": msplit, "mpl": (spec.m + msplit - 1) // msplit, "occupancy": _gemv_occupancy(spec)}
+
+
+def _gemv_occupancy(spec) -> int:
+    # Waves per SIMD asked of the gfx906 register allocator: 4 (<= 64 VGPRs) where the variant fits
+    # without scratch, 3 (<= 84) for the act-order gather and multi-row 8-bit variants, which would spill.
+    heavy = spec.opts.get("act_order") or (spec.bits == 8 and spec.m > 1)
+    return 3 if heavy else 4
+
+
+# GEMV for 1..8 rows over the int layout, FP32 accumulation.
+register(Family("gptq_gemv", "gptq_gemv.hip.j2", fmts=("gptq",), bits=SUPPORTED_BITS, groups=GROUPS,
+                ms=GEMV_MS, acts=("f16",), options={"sym": (False, True), "act_order": (False, True)},
+                consts=_gemv_consts))

@@ -1,0 +1,73 @@
+"""NVIDIA driver calls through cuda-bindings (cuModuleLoadData, cuLaunchKernel)."""
+from __future__ import annotations
+
+import ctypes
+from functools import lru_cache
+
+from ..compiler import BackendMissing
+
+
+@lru_cache(maxsize=1)
+def _driver():
+    try:
+        from cuda.bindings import driver
+    except ImportError as e:
+        raise BackendMissing(f"cannot import cuda.bindings.driver ({e}); pip install 'jitkern[cuda]'") from None
+    (err,) = driver.cuInit(0)
+    _check(err, "cuInit")
+    return driver
+
+
+def _check(err, what: str) -> None:
+    if int(err) != 0:
+        raise RuntimeError(f"{what} failed: {err}")
+
+
+def _ensure_context(drv) -> None:
+    # torch's runtime makes the device's primary context current on its threads; other threads
+    # (e.g. a compile worker) may have none yet.
+    err, ctx = drv.cuCtxGetCurrent()
+    _check(err, "cuCtxGetCurrent")
+    if int(ctx) == 0:
+        import torch
+
+        err, dev = drv.cuDeviceGet(torch.cuda.current_device())
+        _check(err, "cuDeviceGet")
+        err, ctx = drv.cuDevicePrimaryCtxRetain(dev)
+        _check(err, "cuDevicePrimaryCtxRetain")
+        (err,) = drv.cuCtxSetCurrent(ctx)
+        _check(err, "cuCtxSetCurrent")
+
+
+def load(binary: bytes, name: str):
+    drv = _driver()
+    import torch
+
+    torch.cuda.init()
+    _ensure_context(drv)
+    err, module = drv.cuModuleLoadData(binary)
+    _check(err, "cuModuleLoadData")
+    err, function = drv.cuModuleGetFunction(module, name.encode())
+    _check(err, f"cuModuleGetFunction({name})")
+    return module, function
+
+
+def launch(function, grid, block, cargs, shared: int, stream: int) -> None:
+    drv = _driver()
+    params = (ctypes.c_void_p * len(cargs))(*[ctypes.addressof(a) for a in cargs])
+    (err,) = drv.cuLaunchKernel(function, *grid, *block, shared, stream, ctypes.addressof(params), 0)
+    _check(err, "cuLaunchKernel")
+
+
+def attributes(function) -> dict:
+    drv = _driver()
+    A = drv.CUfunction_attribute
+    out = {}
+    for name, attr in (("registers", A.CU_FUNC_ATTRIBUTE_NUM_REGS),
+                       ("shared_bytes", A.CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES),
+                       ("local_bytes", A.CU_FUNC_ATTRIBUTE_LOCAL_SIZE_BYTES),
+                       ("max_threads", A.CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK)):
+        err, value = drv.cuFuncGetAttribute(attr, function)
+        _check(err, "cuFuncGetAttribute")
+        out[name] = value
+    return out
