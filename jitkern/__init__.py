@@ -11,3 +11,4 @@ _logging.getLogger("jitkern").setLevel(_os.environ.get("JITKERN_LOG", "WARNING")
 
 from .spec import KernelSpec  # noqa: E402
 from .compiler import CompileError, BackendMissing  # noqa: E402
+from .nn import QuantLinear, quant_linear  # noqa: E402

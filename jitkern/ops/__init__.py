@@ -1,0 +1,1 @@
+"""Launchers and torch ops, one module per kernel family group."""

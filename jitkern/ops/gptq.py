@@ -1,0 +1,106 @@
+"""GPTQ / AWQ linear: GEMV kernels for 1..8 rows, dequantize + BLAS GEMM above, CPU reference.
+
+Kernels are resolved once per (variant, device) in ``prepare`` — when a layer is built or loaded —
+so the forward only looks up a dict and launches.
+"""
+from __future__ import annotations
+
+import torch
+
+from .. import env
+from ..formats.layout import TILE_N, IntLayout
+from ..runtime import get_kernel
+from ..spec import KernelSpec
+from ..arch import resolve
+
+MAX_GEMV_M = 8
+THREADS = 256
+
+
+def variant(layout: IntLayout) -> dict:
+    return dict(bits=layout.bits, group=layout.group_size if layout.group_size < layout.k else -1,
+                sym=layout.symmetric, act_order=layout.act_order)
+
+
+def kernel_specs(bits: int, group: int, sym: bool, act_order: bool, arch: str,
+                 max_m: int = MAX_GEMV_M) -> list[KernelSpec]:
+    """Every kernel one GPTQ/AWQ layer variant can hit: GEMV for M = 1..max_m, and the dequantizer."""
+    opts = {"sym": sym, "act_order": act_order}
+    specs = [KernelSpec("gptq_gemv", "gptq", bits=bits, group=group, m=m, arch=arch, options=opts)
+             for m in range(1, min(max_m, MAX_GEMV_M) + 1)]
+    specs.append(KernelSpec("gptq_dequant", "gptq", bits=bits, group=group, arch=arch, options=opts))
+    return specs
+
+
+_kernels: dict[tuple, dict] = {}
+
+
+def prepare(layout: IntLayout, device=None, arch: str | None = None) -> dict:
+    """Compile (or load from cache) and load every kernel the layout's variant needs on a device."""
+    device = torch.device(device if device is not None else layout.qweight.device)
+    v = variant(layout)
+    key = (tuple(v.values()), device)
+    found = _kernels.get(key)
+    if found is None:
+        target = resolve(arch, device)
+        specs = kernel_specs(v["bits"], v["group"], v["sym"], v["act_order"], target.arch)
+        found = {("gemv", s.m) if s.family == "gptq_gemv" else "dequant": get_kernel(s, device) for s in specs}
+        _kernels[key] = found
+    return found
+
+
+def _args(layout: IntLayout) -> tuple:
+    return (layout.qweight, layout.scales, layout.zeros, layout.perm, layout.unit_group)
+
+
+def gemv(x: torch.Tensor, layout: IntLayout, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """y = x @ W.T for 1 <= M <= 8 rows; x fp16 [M, k_in] contiguous on the layout's device."""
+    m = x.shape[0]
+    kernel = prepare(layout, x.device)[("gemv", m)]
+    out = torch.empty(m, layout.n, dtype=torch.float16, device=x.device)
+    group = layout.group_size if layout.group_size < layout.k else -1
+    kernel((layout.n_pad // TILE_N,), (THREADS,), x, *_args(layout), bias, out,
+           layout.k, layout.n, x.stride(0), group)
+    return out
+
+
+def dequantize(layout: IntLayout, tile0: int = 0, tiles: int | None = None,
+               out: torch.Tensor | None = None) -> torch.Tensor:
+    """fp16 W^T [k, n] (layout row order) for tiles [tile0, tile0 + tiles) of 32 columns."""
+    tiles = layout.n_pad // TILE_N - tile0 if tiles is None else tiles
+    width = min(layout.n, (tile0 + tiles) * TILE_N) - tile0 * TILE_N
+    if out is None:
+        out = torch.empty(layout.k, width, dtype=torch.float16, device=layout.qweight.device)
+    kernel = prepare(layout)["dequant"]
+    group = layout.group_size if layout.group_size < layout.k else -1
+    units_per_block = THREADS // 8
+    grid = (tiles, (layout.k // 32 + units_per_block - 1) // units_per_block)
+    kernel(grid, (THREADS,), layout.qweight, layout.scales, layout.zeros, layout.unit_group, out,
+           layout.k, layout.n, layout.n_pad, group, tile0, out.stride(0))
+    return out
+
+
+def gemm(x: torch.Tensor, layout: IntLayout, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Prefill: dequantize column strips into a bounded fp16 workspace, multiply each with BLAS."""
+    xp = x.index_select(1, layout.perm) if layout.act_order else x
+    out = torch.empty(x.shape[0], layout.n, dtype=torch.float16, device=x.device)
+    tiles_total = layout.n_pad // TILE_N
+    tiles_per_chunk = max(1, env.workspace_bytes() // (layout.k * TILE_N * 2))
+    if tiles_per_chunk >= tiles_total:
+        torch.matmul(xp, dequantize(layout), out=out)
+    else:
+        for t0 in range(0, tiles_total, tiles_per_chunk):
+            wt = dequantize(layout, t0, min(tiles_per_chunk, tiles_total - t0))
+            out[:, t0 * TILE_N: t0 * TILE_N + wt.shape[1]] = xp @ wt
+    if bias is not None:
+        out += bias
+    return out
+
+
+def linear(x: torch.Tensor, layout: IntLayout, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Dispatch on rows: GEMV up to JITKERN_GEMV_MAX_M (default 8), dequantize + GEMM above."""
+    if x.shape[0] == 0:
+        return x.new_empty(0, layout.n, dtype=torch.float16)
+    if x.shape[0] <= min(env.gemv_max_m(), MAX_GEMV_M):
+        return gemv(x, layout, bias)
+    return gemm(x, layout, bias)
