@@ -81,3 +81,16 @@ def _gemv_occupancy(spec) -> int:
 register(Family("gptq_gemv", "gptq_gemv.hip.j2", fmts=("gptq",), bits=SUPPORTED_BITS, groups=GROUPS,
                 ms=GEMV_MS, acts=("f16",), options={"sym": (False, True), "act_order": (False, True)},
                 consts=_gemv_consts))
+
+
+def _dense_consts(spec) -> dict:
+    # NVIDIA sm_80+ multiplies on tensor cores (mma m16n8k16, fp32 accumulate): fp32 CUDA-core FMAs
+    # plus half->float conversions cannot keep up with HBM3 at M = 8..16.  Everything else uses jk_dot2.
+    mma = spec.target.vendor == "nvidia" and spec.target.sm >= 80
+    return {"max_threads": 512, "rows": 8 if mma else spec.wave // 8, "mma": mma,
+            "unroll": 2 if mma and spec.m > 8 else 4, "occupancy": 4}
+
+
+# Unquantized fp16 GEMV for 1..16 rows over PyTorch-layout weights [N, K] (lm_head, dense layers).
+register(Family("dense_gemv", "dense_gemv.hip.j2", fmts=("f16",), ms=tuple(range(1, 17)), acts=("f16",),
+                consts=_dense_consts))
