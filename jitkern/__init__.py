@@ -1,6 +1,8 @@
 """jitkern: quantized LLM kernels for AMD gfx906, compiled at run time (hiprtc; NVRTC on NVIDIA).
 
-Importing jitkern touches no GPU and needs neither hip-python nor cuda-bindings.
+Importing jitkern touches no GPU and needs neither hip-python nor cuda-bindings.  It does not import
+torch either: ``KernelSpec`` and the nn layers are loaded on first access (PEP 562), so the CLI's
+already-warm path (``jitkern warmup`` with nothing to compile) stays well under a second.
 """
 __version__ = "0.1.0"
 
@@ -9,6 +11,19 @@ import os as _os
 
 _logging.getLogger("jitkern").setLevel(_os.environ.get("JITKERN_LOG", "WARNING").upper())
 
-from .spec import KernelSpec  # noqa: E402
 from .compiler import CompileError, BackendMissing  # noqa: E402
-from .nn import QuantLinear, quant_linear  # noqa: E402
+
+_LAZY = {"KernelSpec": ".spec", "QuantLinear": ".nn", "quant_linear": ".nn"}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'jitkern' has no attribute {name!r}")
+
+
+__all__ = ["KernelSpec", "QuantLinear", "quant_linear", "CompileError", "BackendMissing", "__version__"]
