@@ -85,7 +85,7 @@ def _nvidia(spec) -> dict:
 def _table(rows: list[dict]) -> None:
     width = max(len(r["uri"]) for r in rows)
     if any("vgprs" in r for r in rows):
-            f"{'kernel':<{width}}  " + "  ".join(f"{h:>10}" for _, h in COLUMNS))
+        print(f"{'kernel':<{width}}  " + "  ".join(f"{h:>10}" for _, h in COLUMNS))
     for r in rows:
         if "vgprs" not in r:
             extra = "  ".join(f"{k}={v}" for k, v in r.items() if k not in ("uri", "arch", "note"))
