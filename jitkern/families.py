@@ -66,8 +66,16 @@ register(Family("gptq_dequant", "gptq_dequant.hip.j2", fmts=("gptq",), bits=SUPP
 
 
 def _gemv_consts(spec) -> dict:
-    msplit = (spec.m + 1) // 2               # at most 2 rows a lane keeps gfx906 within 64 VGPRs
-    return {"threads": 256, "msplit": msplit, "mpl": (spec.m + msplit - 1) // msplit, "occupancy": _gemv_occupancy(spec)}
+    if spec.target.vendor == "nvidia":
+        # 255 registers a thread: one lane keeps all M rows (no duplicated dequantization), and
+        # 512 threads a block (128 registers each) give small-N layers (N = 4096: 128 tiles) enough
+        # loads in flight.
+        return {"threads": 512, "msplit": 1, "mpl": spec.m, "occupancy": 1}
+    # gfx906: lanes sharing one 128-bit weight load keep at most 2 rows each, which holds a lane
+    # within 64 VGPRs.  A power of two, so slots tile a wave exactly.
+    msplit = 1 if spec.m <= 2 else 2 if spec.m <= 4 else 4
+    return {"threads": 256, "msplit": msplit, "mpl": (spec.m + msplit - 1) // msplit,
+            "occupancy": _gemv_occupancy(spec)}
 
 
 def _gemv_occupancy(spec) -> int:
@@ -94,3 +102,27 @@ def _dense_consts(spec) -> dict:
 # Unquantized fp16 GEMV for 1..16 rows over PyTorch-layout weights [N, K] (lm_head, dense layers).
 register(Family("dense_gemv", "dense_gemv.hip.j2", fmts=("f16",), ms=tuple(range(1, 17)), acts=("f16",),
                 consts=_dense_consts))
+
+
+# GGUF (ggml block types) over the SoA layout of jitkern/formats/gguf.py.
+GGUF_FMTS = ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "iq4_nl", "iq4_xs")
+
+
+def _gguf_consts(spec) -> dict:
+    from .formats.gguf_quants import TYPES
+
+    qt = TYPES[spec.fmt.upper()]
+    planes, off = {}, 0
+    for f in qt.header_fields:                  # plane f starts at byte nb * planes[f] of a header row
+        planes[f.name] = off
+        off += f.size
+    return {"threads": 256, "block": qt.block, "qb": qt.quant_bytes, "planes": planes}
+
+
+# Activations -> int8 planes (Q8_1 quants + residual) and per-16 (d/254, sum) for the GGUF GEMV.
+register(Family("q8_1_quantize", "q8_1_quantize.hip.j2", fmts=("q8_1",), acts=("f16",),
+                consts=lambda spec: {"threads": 256}))
+# GEMV for 1..8 rows, integer dot products (jk_dot4_i8), fp32 accumulation.
+register(Family("gguf_gemv", "gguf_gemv.hip.j2", fmts=GGUF_FMTS, ms=GEMV_MS, acts=("f16",), consts=_gguf_consts))
+# Dequantize rows to fp16 (prefill, then a BLAS GEMM) or fp32 (bit-exact with gguf.quants).
+register(Family("gguf_dequant", "gguf_dequant.hip.j2", fmts=GGUF_FMTS, acts=("f16", "f32"), consts=_gguf_consts))

@@ -14,7 +14,6 @@ from ..spec import KernelSpec
 from ..arch import resolve
 
 MAX_GEMV_M = 8
-THREADS = 256
 
 
 def variant(layout: IntLayout) -> dict:
@@ -59,7 +58,7 @@ def gemv(x: torch.Tensor, layout: IntLayout, bias: torch.Tensor | None = None) -
     kernel = prepare(layout, x.device)[("gemv", m)]
     out = torch.empty(m, layout.n, dtype=torch.float16, device=x.device)
     group = layout.group_size if layout.group_size < layout.k else -1
-    kernel((layout.n_pad // TILE_N,), (THREADS,), x, *_args(layout), bias, out,
+    kernel((layout.n_pad // TILE_N,), (kernel.consts["threads"],), x, *_args(layout), bias, out,
            layout.k, layout.n, x.stride(0), group)
     return out
 
@@ -73,10 +72,11 @@ def dequantize(layout: IntLayout, tile0: int = 0, tiles: int | None = None,
         out = torch.empty(layout.k, width, dtype=torch.float16, device=layout.qweight.device)
     kernel = prepare(layout)["dequant"]
     group = layout.group_size if layout.group_size < layout.k else -1
-    units_per_block = THREADS // 8
-    grid = (tiles, (layout.k // 32 + units_per_block - 1) // units_per_block)
-    kernel(grid, (THREADS,), layout.qweight, layout.scales, layout.zeros, layout.unit_group, out,
-           layout.k, layout.n, layout.n_pad, group, tile0, out.stride(0))
+    threads = kernel.consts["threads"]
+    units_per_block = threads // 32
+    grid = ((tiles + 3) // 4, (layout.k // 32 + units_per_block - 1) // units_per_block)
+    kernel(grid, (threads,), layout.qweight, layout.scales, layout.zeros, layout.unit_group, out,
+           layout.k, layout.n, layout.n_pad, group, tile0, tiles, out.stride(0))
     return out
 
 

@@ -42,6 +42,9 @@ class Kernel:
         self.spec = spec
         self.device = device
         self.entry = cache.get(spec)
+        from ..families import get_family
+
+        self.consts = get_family(spec.family).consts(spec)   # launch constants the template used
         self._driver = driver(spec.target.vendor)
         with torch.cuda.device(device):
             self.module, self.function = self._driver.load(self.entry.binary, self.spec_entry_name())

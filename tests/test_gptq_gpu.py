@@ -1,0 +1,100 @@
+"""GPTQ/AWQ kernels on a GPU vs float64 references (run with `pytest -m gpu`)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import rel_err
+from jitkern import QuantLinear
+from jitkern.formats.awq import awq_to_layout, dequantize_awq, quantize_awq
+from jitkern.formats.gptq import dequantize_gptq, gptq_to_layout, quantize_gptq
+from jitkern.formats.intpack import dequantize_layout
+from jitkern.ops import gptq as ops
+
+pytestmark = pytest.mark.gpu
+DEV = "cuda"
+
+
+def make(seed, bits, group, sym, act_order, fmt, n=None, k=512, scale=1.0):
+    g = torch.Generator().manual_seed(seed)
+    n = n or (200 if bits in (4, 8) else 224)     # 200: a padded last tile; 2/3-bit pack N by 32
+    w = torch.randn(n, k, generator=g) * scale
+    ck = quantize_gptq(w, bits, group, sym=sym, act_order=act_order, checkpoint_format=fmt, generator=g)
+    ref_w = dequantize_gptq(ck["qweight"], ck["qzeros"], ck["scales"], ck["g_idx"], bits, group, fmt)
+    layout = gptq_to_layout(ck["qweight"], ck["qzeros"], ck["scales"], ck["g_idx"], bits, group, sym,
+                            checkpoint_format=fmt).to(DEV)
+    return layout, ref_w
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+@pytest.mark.parametrize("group", [32, 128, -1])
+@pytest.mark.parametrize("sym,act_order,fmt", [(True, False, "gptq"), (False, False, "gptq_v2"),
+                                               (False, True, "gptq"), (True, True, "gptq_v2")])
+def test_gemv_and_prefill_match_float64(seed, bits, group, sym, act_order, fmt):
+    layout, ref_w = make(seed, bits, group, sym, act_order, fmt)
+    for m in list(range(1, 9)) + [37]:
+        x = torch.randn(m, ref_w.shape[1], generator=torch.Generator().manual_seed(seed + m)).half()
+        ref = x.double() @ ref_w.T
+        out = ops.linear(x.to(DEV), layout)
+        torch.cuda.synchronize()
+        assert torch.isfinite(out).all()
+        err = rel_err(out, ref)
+        assert err < 1e-3, f"bits={bits} group={group} sym={sym} act_order={act_order} m={m} err={err} seed={seed}"
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_dequant_kernel_exact(seed, bits):
+    layout, _ = make(seed, bits, 64, False, False, "gptq_v2", k=256)
+    wt = torch.full((layout.k, layout.n), float("nan"), dtype=torch.float16, device=DEV)   # poisoned
+    ops.dequantize(layout, out=wt)
+    ref = dequantize_layout(layout.to("cpu"), torch.float32).half().T
+    assert torch.equal(wt.cpu(), ref), f"seed={seed}"
+
+
+def test_fp16_overflow_partial_sums_stay_finite(seed):
+    """Activations x weights whose 8-term fp16 partial sums exceed 65504 (the '!!!!' bug)."""
+    layout, ref_w = make(seed, 8, 128, True, False, "gptq", n=64, k=1024, scale=40.0)
+    x = (torch.rand(4, 1024, generator=torch.Generator().manual_seed(seed)) * 200 + 300).half()
+    partial = (x[:, :8].double() @ ref_w[:, :8].abs().T).abs().max().item()
+    assert partial > 65504, "test data must overflow fp16 partial sums"
+    ref = x.double() @ ref_w.T
+    assert ref.abs().max() < 6e4
+    out = ops.linear(x.to(DEV), layout)
+    assert torch.isfinite(out).all()
+    assert rel_err(out, ref) < 1e-3
+
+
+def test_awq_equals_its_gptq_conversion(seed):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(256, 512, generator=g)
+    ck = quantize_awq(w, 128)
+    awq_layer = QuantLinear.from_awq(ck["qweight"], ck["qzeros"], ck["scales"], group_size=128).to(DEV)
+    from jitkern.formats.awq import awq_to_gptq
+
+    gp = awq_to_gptq(ck["qweight"], ck["qzeros"], ck["scales"], 128)
+    gptq_layer = QuantLinear.from_gptq(gp["qweight"], gp["qzeros"], gp["scales"], gp["g_idx"], bits=4,
+                                       group_size=128, sym=False, checkpoint_format="gptq_v2").to(DEV)
+    x = torch.randn(3, 512, generator=g).half().to(DEV)
+    a, b = awq_layer(x), gptq_layer(x)
+    assert torch.equal(a, b)
+    ref = x.double().cpu() @ dequantize_awq(ck["qweight"], ck["qzeros"], ck["scales"], 128).T
+    assert rel_err(a, ref) < 1e-3
+
+
+def test_graph_capture_and_bf16(seed):
+    layout, ref_w = make(seed, 4, 128, True, False, "gptq", n=512, k=1024)
+    layer = QuantLinear(layout)
+    x = torch.randn(2, 1024, device=DEV).half()
+    layer(x)                                   # warm up outside capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y = layer(x)
+    for _ in range(3):
+        x.copy_(torch.randn(2, 1024, device=DEV).half())
+        y.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+        assert rel_err(y, x.double().cpu() @ ref_w.T) < 1e-3
+    xb = x.bfloat16()
+    yb = layer(xb)
+    assert yb.dtype == torch.bfloat16 and rel_err(yb, xb.double().cpu() @ ref_w.T) < 5e-3
