@@ -31,15 +31,16 @@ def add_source_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     t.add_argument("--arch", help="compile for this target (gfx906, gfx906:sramecc+:xnack-, sm_90...); "
                                    "default: JITKERN_ARCH, else the local GPU")
     t.add_argument("--max-batch", type=int, default=None, metavar="M",
-                   help="largest decode batch: GEMV variants for M = 1..min(8, M) "
-                        "(default JITKERN_GEMV_MAX_M, 8)")
+                   help="most rows a decode step sends through a layer: quantized GEMV for 1..min(8, M), "
+                        "lm_head GEMV for 1..min(16, M) (default JITKERN_GEMV_MAX_M, 8)")
 
 
-def max_m(args) -> int:
+def max_batch(args) -> int:
+    """Passed as max_m to every ops module's kernel_specs; each caps it at its own GEMV limit."""
     m = args.max_batch if args.max_batch is not None else env.gemv_max_m()
     if m < 1:
         raise ModelError(f"--max-batch {m}: expected a positive batch size")
-    return min(8, m)
+    return m
 
 
 def target_arch(args) -> str:
@@ -70,7 +71,7 @@ def _file_id(path: Path, content: bool) -> str:
 def request(args, arch: str) -> dict:
     """What decides the kernel set, cheaply (no torch): the warmup manifest's signature input."""
     req = {k: getattr(args, k) for k in ("preset", "quant", "bits", "group", "asym", "act_order")}
-    req.update(arch=arch, max_m=max_m(args))
+    req.update(arch=arch, max_batch=max_batch(args))
     if args.model:
         root = Path(args.model).expanduser().resolve()
         req["model"] = {n: _file_id(root / n, True) for n in ("config.json", "quantize_config.json",
@@ -113,7 +114,7 @@ def collect(args, arch: str) -> tuple[list, list[str], str]:
     """(deduplicated kernel specs, notes for the user, quantization description)."""
     from .ops import gptq
 
-    m = max_m(args)
+    m = max_batch(args)
     notes: list[str] = []
     specs: list = []
     dense_needed = False
@@ -124,7 +125,7 @@ def collect(args, arch: str) -> tuple[list, list[str], str]:
         dense_needed = "dense" in types
         gg = _gguf_ops() if types - {"dense"} else None
         for t in sorted(types - {"dense"}):
-            specs += gg.kernel_specs(t, arch, m)
+            specs += gg.kernel_specs(t, arch, min(m, 8))
         quant_desc = "gguf " + ", ".join(sorted(types - {"dense"}) or ["(float only)"])
     else:
         if args.preset:
@@ -142,7 +143,7 @@ def collect(args, arch: str) -> tuple[list, list[str], str]:
             if not lin.quantized:
                 dense_needed = True
             elif q.method == "gguf":
-                specs += _gguf_ops().kernel_specs(q.gguf_type, arch, m)
+                specs += _gguf_ops().kernel_specs(q.gguf_type, arch, min(m, 8))
             else:
                 specs += gptq.kernel_specs(q.bits, _gptq_group(q, lin.k), q.sym, q.act_order, arch, m)
     if dense_needed:
@@ -180,4 +181,4 @@ def _gguf_types(path: str, notes: list[str]) -> set[str]:
     return types
 
 
-__all__ = ["add_source_args", "collect", "request", "target_arch", "max_m", "Linear", "describe"]
+__all__ = ["add_source_args", "collect", "request", "target_arch", "max_batch", "Linear", "describe"]

@@ -114,7 +114,7 @@ def warmup(args) -> dict:
     arch = kernelset.target_arch(args)
     sig = None if args.dry_run else manifest.signature(kernelset.request(args, arch), arch)
     known = manifest.check(sig)
-    summary = dict(model=kernelset.describe(args), arch=arch, max_m=kernelset.max_m(args), quant=None,
+    summary = dict(model=kernelset.describe(args), arch=arch, max_batch=kernelset.max_batch(args), quant=None,
                    notes=[], fast_path=known is not None)
     if known is not None:
         uris = [e["uri"] for e in known["entries"]]
@@ -149,7 +149,7 @@ def warmup(args) -> dict:
 
 def print_summary(s: dict, out=sys.stdout) -> None:
     print(f"jitkern warmup: {s['model']}{' (' + s['quant'] + ')' if s['quant'] else ''} for {s['arch']}, "
-          f"GEMV M = 1..{s['max_m']}{'  [manifest: all entries verified]' if s['fast_path'] else ''}", file=out)
+          f"batch <= {s['max_batch']}{'  [manifest: all entries verified]' if s['fast_path'] else ''}", file=out)
     for note in s["notes"]:
         print(f"  note: {note}", file=out)
     if "missing" in s:                                  # --dry-run
