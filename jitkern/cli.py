@@ -45,7 +45,8 @@ def _passthrough(name: str, module: str, needs_gpu: bool, help_: str, example: s
 
     def add_parser(sub) -> None:
         p = sub.add_parser(name, help=help_, description=help_, formatter_class=argparse.RawDescriptionHelpFormatter,
-                           epilog=f"Examples:\n{example}Arguments after `--` go to jitkern.{module}.main unchanged.\n")
+                           epilog=f"Examples:\n{example}All arguments go to jitkern.{module}.main unchanged; "
+                                  f"`jitkern {name} -- --help` lists them.\n")
         p.add_argument("argv", nargs=argparse.REMAINDER, help=f"arguments for jitkern.{module}")
         p.set_defaults(run=run)
 
@@ -65,9 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     cli_info.add_parser(sub)
     cli_inspect.add_parser(sub)
     _passthrough("selftest", "selftest", True, "check every kernel against the reference on the local GPU",
-                 "  jitkern selftest\n  jitkern selftest -- --quick\n")(sub)
+                 "  jitkern selftest\n  jitkern selftest --no-bench > report.txt\n")(sub)
     _passthrough("bench", "bench", False, "time the kernels (GEMV, prefill) against torch",
-                 "  jitkern bench\n  jitkern bench -- --preset llama-3-8b\n")(sub)
+                 "  jitkern bench\n  jitkern bench --out results --ms 1,8,512\n")(sub)
     return parser
 
 
@@ -78,8 +79,25 @@ def _one_line(e: BaseException) -> str:
     return first if isinstance(e, known) and first else f"{type(e).__name__}: {first}"
 
 
+PASSTHROUGH = ("selftest", "bench")
+
+
+def _split(argv: list[str]) -> tuple[list[str], list[str] | None]:
+    """selftest/bench hand every later argument to their own parser (argparse would reject them);
+    a lone --help still shows ours, `-- --help` theirs."""
+    for i, tok in enumerate(argv):
+        if not tok.startswith("-"):
+            if tok in PASSTHROUGH and argv[i + 1:] not in (["-h"], ["--help"]):
+                return argv[:i + 1], argv[i + 1:]
+            break
+    return argv, None
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    head, rest = _split(sys.argv[1:] if argv is None else list(argv))
+    args = build_parser().parse_args(head)
+    if rest is not None:
+        args.argv = rest
     try:
         return int(args.run(args) or 0)
     except KeyboardInterrupt:

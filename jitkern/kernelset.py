@@ -125,7 +125,7 @@ def collect(args, arch: str) -> tuple[list, list[str], str]:
         dense_needed = "dense" in types
         gg = _gguf_ops() if types - {"dense"} else None
         for t in sorted(types - {"dense"}):
-            specs += gg.kernel_specs(t, arch, min(m, 8))
+            specs += gg.kernel_specs(t, arch, m)
         quant_desc = "gguf " + ", ".join(sorted(types - {"dense"}) or ["(float only)"])
     else:
         if args.preset:
@@ -143,7 +143,7 @@ def collect(args, arch: str) -> tuple[list, list[str], str]:
             if not lin.quantized:
                 dense_needed = True
             elif q.method == "gguf":
-                specs += _gguf_ops().kernel_specs(q.gguf_type, arch, min(m, 8))
+                specs += _gguf_ops().kernel_specs(q.gguf_type, arch, m)
             else:
                 specs += gptq.kernel_specs(q.bits, _gptq_group(q, lin.k), q.sym, q.act_order, arch, m)
     if dense_needed:

@@ -176,6 +176,39 @@ def test_warmup_model_folder(fresh_cache, tmp_path):
     assert "gptq_gemv_w4_g128_m1_f16_gfx906" in s["kernels"] and "gptq_dequant_w4_g128_f16_gfx906" in s["kernels"]
 
 
+def test_warmup_gguf_file(fresh_cache, tmp_path):
+    gguf = pytest.importorskip("gguf")
+    import numpy as np
+    from jitkern.ops import dense
+
+    path = tmp_path / "tiny.gguf"
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_tensor("output.weight", np.zeros((64, 256), np.float16))               # -> dense kernels
+    w.add_tensor("blk.0.attn_norm.weight", np.ones(256, np.float32))             # 1-D: no kernel
+    q = gguf.quants.quantize(np.ones((64, 256), np.float32), gguf.GGMLQuantizationType.Q8_0)
+    w.add_tensor("blk.0.attn_q.weight", q, raw_shape=q.shape, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+    w.write_header_to_file(), w.write_kv_data_to_file(), w.write_tensors_to_file(), w.close()
+    p, _ = cli("warmup", "--gguf", str(path), "--arch", ARCH, "--max-batch", "2", "--dry-run", "--json")
+    try:
+        from jitkern.ops import gguf as gguf_ops
+    except ModuleNotFoundError:                          # kernels not written yet: said clearly
+        assert p.returncode == 1 and "jitkern.ops.gguf is missing" in p.stderr, p.stderr
+        return
+    assert p.returncode == 0, p.stderr
+    expected = gguf_ops.kernel_specs("Q8_0", ARCH, 2) + dense.kernel_specs(ARCH, 2)
+    assert set(json.loads(p.stdout)["kernels"]) == {s.uri for s in expected}
+
+
+def test_info_json(fresh_cache):
+    from jitkern import env
+
+    info = json.loads(ok("info", "--json"))
+    assert info["cache"]["dir"] == str(fresh_cache) and info["cache"]["entries"] == 0
+    assert set(info["settings"]) == set(env.SETTINGS)
+    assert info["settings"]["JITKERN_CACHE_DIR"]["value"] == str(fresh_cache)
+    assert set(info["compilers"]) == {"amd", "nvidia"} and "hip-python" in info["backends"]
+
+
 def test_hf_quantization_configs():
     from jitkern.presets import Quant, apply_overrides, quant_from_config
 
