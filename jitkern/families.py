@@ -126,27 +126,3 @@ register(Family("q8_1_quantize", "q8_1_quantize.hip.j2", fmts=("q8_1",), acts=("
 register(Family("gguf_gemv", "gguf_gemv.hip.j2", fmts=GGUF_FMTS, ms=GEMV_MS, acts=("f16",), consts=_gguf_consts))
 # Dequantize rows to fp16 (prefill, then a BLAS GEMM) or fp32 (bit-exact with gguf.quants).
 register(Family("gguf_dequant", "gguf_dequant.hip.j2", fmts=GGUF_FMTS, acts=("f16", "f32"), consts=_gguf_consts))
-
-
-# GGUF (ggml block types) over the SoA layout of jitkern/formats/gguf.py.
-GGUF_FMTS = ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "iq4_nl", "iq4_xs")
-
-
-def _gguf_consts(spec) -> dict:
-    from .formats.gguf_quants import TYPES
-
-    qt = TYPES[spec.fmt.upper()]
-    planes, off = {}, 0
-    for f in qt.header_fields:                  # plane f starts at byte nb * planes[f] of a header row
-        planes[f.name] = off
-        off += f.size
-    return {"threads": 256, "block": qt.block, "qb": qt.quant_bytes, "planes": planes}
-
-
-# Activations -> int8 planes (Q8_1 quants + residual) and per-16 (d/254, sum) for the GGUF GEMV.
-register(Family("q8_1_quantize", "q8_1_quantize.hip.j2", fmts=("q8_1",), acts=("f16",),
-                consts=lambda spec: {"threads": 256}))
-# GEMV for 1..8 rows, integer dot products (jk_dot4_i8), fp32 accumulation.
-register(Family("gguf_gemv", "gguf_gemv.hip.j2", fmts=GGUF_FMTS, ms=GEMV_MS, acts=("f16",), consts=_gguf_consts))
-# Dequantize rows to fp16 (prefill, then a BLAS GEMM) or fp32 (bit-exact with gguf.quants).
-register(Family("gguf_dequant", "gguf_dequant.hip.j2", fmts=GGUF_FMTS, acts=("f16", "f32"), consts=_gguf_consts))
