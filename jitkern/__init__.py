@@ -23,6 +23,10 @@ def __getattr__(name):
         value = getattr(importlib.import_module(_LAZY[name], __name__), name)
         globals()[name] = value
         return value
+    import importlib.util
+
+    if importlib.util.find_spec(f"{__name__}.{name}") is not None:    # `jitkern.cache` after `import jitkern`
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'jitkern' has no attribute {name!r}")
 
 
