@@ -45,7 +45,6 @@ def quantize(state: dict, kind: str) -> tuple[dict, dict]:
     from jitkern.formats import awq, gptq
 
     qcfg = QUANT[kind][0]
-    gen = torch.Generator().manual_seed(SEED)
     ckpt, deq = {}, {}
     for name, w in state.items():
         if not any(name.endswith(p + ".weight") for p in PROJS):
@@ -57,12 +56,19 @@ def quantize(state: dict, kind: str) -> tuple[dict, dict]:
             W = awq.dequantize_awq(t["qweight"], t["qzeros"], t["scales"], qcfg["group_size"])
         else:
             t = gptq.quantize_gptq(w, qcfg["bits"], qcfg["group_size"], sym=qcfg["sym"],
-                                   act_order=qcfg["desc_act"], generator=gen)
+                                   act_order=qcfg["desc_act"], generator=_perm_gen(base))
             W = gptq.dequantize_gptq(t["qweight"], t["qzeros"], t["scales"], t["g_idx"], qcfg["bits"],
                                      qcfg["group_size"])
         ckpt.update({f"{base}.{k}": v.contiguous() for k, v in t.items()})
         deq[name] = W.half()
     return ckpt, deq
+
+
+def _perm_gen(base: str) -> torch.Generator:
+    """Act-order stand-in: one permutation per input (GPTQ orders by the input's Hessian), so q/k/v and
+    gate/up share g_idx — vLLM fuses them into one layer with one g_idx."""
+    shared = base.replace("k_proj", "q_proj").replace("v_proj", "q_proj").replace("up_proj", "gate_proj")
+    return torch.Generator().manual_seed(SEED + sum(map(ord, shared)) * 7919)
 
 
 def tokenizer():
