@@ -101,8 +101,34 @@ def impl_tinygemm(k, n, m, device, group=128):
     return fn, copies, nbytes(packed, sz)
 
 
+def impl_dense(k, n, m, device):
+    from .ops import dense
+
+    copies = max(2, ROTATE_BYTES // (k * n * 2) + 1)
+    ws = [torch.randn(n, k, device=device, dtype=torch.float16) * 0.02 for _ in range(copies)]
+    dense.prepare(device)
+    return (lambda i, x: dense.linear(x, ws[i])), copies, nbytes(ws[0])
+
+
+def impl_gguf(qtype):
+    def make(k, n, m, device):
+        from .formats.gguf import random_blocks, to_layout
+        from .ops import gguf
+
+        one = to_layout(random_blocks(qtype, n, k).to(device), qtype)
+        copies = max(2, ROTATE_BYTES // one.nbytes() + 1)
+        # copies share one random matrix's bytes, shifted by a row so each is a distinct buffer
+        layouts = [one] + [to_layout(torch.roll(one_raw, 1, 0), qtype) for one_raw in
+                           [random_blocks(qtype, n, k).to(device)] * (copies - 1)]
+        gguf.prepare(one)
+        return (lambda i, x: gguf.linear(x, layouts[i])), copies, one.nbytes()
+    return make
+
+
 IMPLS = {
     "fp16": impl_fp16,
+    "jitkern-dense-f16": impl_dense,
+    **{f"jitkern-gguf-{t}": impl_gguf(t) for t in ("q4_0", "q4_1", "q4_k", "q6_k", "q8_0")},
     "jitkern-int4-g128": impl_jitkern_int(4, 128),
     "jitkern-int8-g128": impl_jitkern_int(8, 128),
     "tinygemm-int4-g128": impl_tinygemm,
@@ -221,7 +247,7 @@ def main(argv=None) -> int:
                                 epilog="Example: jitkern bench --out results --ms 1,8,512 --impls fp16,jitkern-int4-g128")
     p.add_argument("--out", type=Path, help="directory for bench.json and bench.png")
     p.add_argument("--ms", default="1,2,4,8,16,512", help="comma-separated batch sizes")
-    p.add_argument("--impls", default=",".join(IMPLS), help=f"comma-separated, from {list(IMPLS)} (+ GGUF/dense when present)")
+    p.add_argument("--impls", default="fp16,jitkern-int4-g128,jitkern-int8-g128,tinygemm-int4-g128", help=f"comma-separated, from {list(IMPLS)} (+ GGUF/dense when present)")
     p.add_argument("--shapes", default="all", help=f"comma-separated from {list(SHAPES) + list(LM_HEAD)}, or 'all'")
     p.add_argument("--iters", type=int, default=20)
     a = p.parse_args(argv)
