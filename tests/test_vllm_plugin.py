@@ -86,3 +86,23 @@ def test_tensor_parallel_2(models, run, jitkern_runs, tmp_path):
     assert len(files) == 2, files                          # one per rank
     assert all(int(f.read_text()) > 0 for f in files)
     assert out["tokens"] == jitkern_runs["gptq4_act"]["tokens"]
+
+
+def test_servable_and_modes(monkeypatch):
+    from engine_patch import vllm as plugin
+
+    assert plugin.servable({"quant_method": "gptq", "bits": 3, "group_size": 128, "desc_act": True, "sym": False})
+    assert not plugin.servable({"quant_method": "gptq", "bits": 5, "group_size": 128})
+    assert not plugin.servable({"quant_method": "awq", "bits": 4, "group_size": 128, "version": "gemv"})
+    monkeypatch.setenv("JITKERN_VLLM", "0")
+    assert not plugin.wanted()
+    monkeypatch.setenv("JITKERN_VLLM", "1")
+    assert plugin.wanted()
+    monkeypatch.delenv("JITKERN_VLLM")
+    assert not plugin.wanted()                             # auto: AMD GPUs only; this is the CPU
+    monkeypatch.setattr(plugin, "vllm_version", lambda: (0, 10))
+    monkeypatch.setattr(plugin, "_state", {"done": False, "active": False})
+    monkeypatch.setenv("JITKERN_VLLM", "1")
+    plugin.register()
+    plugin.register()                                      # idempotent
+    assert not plugin.active()                             # unsupported version: one warning, inactive
