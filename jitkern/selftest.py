@@ -45,6 +45,29 @@ def check_gptq(device, reference=None) -> list[tuple[str, float, bool]]:
     return results
 
 
+def check_dense_and_gguf(device, reference=None) -> list[tuple[str, float, bool]]:
+    """(case, error, passed) for the dense fp16 GEMV and every GGUF block type."""
+    from .formats.gguf import TYPES, dequantize, random_blocks
+    from .nn_dense import dense_linear
+    from .nn_gguf import GGUFLinear
+
+    reference = reference or (lambda x, w: x.double() @ w.T)
+    results = []
+    w = torch.randn(300, 512).half()
+    for m in (1, 16):
+        x = torch.randn(m, 512).half()
+        err = _rel(dense_linear(x.to(device), w.to(device)), reference(x, w.double()))
+        results.append((f"dense f16 m={m}", err, err < TOL["dense"]))
+    for name in TYPES:
+        raw = random_blocks(name, 64, 512)
+        layer = GGUFLinear.from_raw(raw.to(device), name)
+        for m in (1, 8):
+            x = torch.randn(m, 512).half()
+            err = _rel(layer(x.to(device)), reference(x, dequantize(raw, name).double()))
+            results.append((f"gguf {name.lower()} m={m}", err, err < TOL["gguf"]))
+    return results
+
+
 def quick_bench(device) -> list[str]:
     from .bench import SHAPES, run
 
@@ -80,7 +103,7 @@ def main(argv=None) -> int:
         print("jitkern selftest: no GPU visible to torch (ROCm or CUDA build of torch needed)", file=sys.stderr)
         return 2
     report = ["## jitkern selftest", *environment(), ""]
-    results = check_gptq("cuda")
+    results = check_gptq("cuda") + check_dense_and_gguf("cuda")
     for name, err, ok in results:
         report.append(f"{'PASS' if ok else 'FAIL'}  {name:36s} rel err {err:.2e}")
     if not a.no_bench:
