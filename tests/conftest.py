@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import secrets
+import zlib
 
 import pytest
 import torch
@@ -27,12 +29,22 @@ def fresh_cache(tmp_path, monkeypatch):
     cache.clear_memory()
 
 
+# Fresh random data every run; replay a failure with JITKERN_TEST_SEED=<printed value>.
+SEED = int(os.environ.get("JITKERN_TEST_SEED", secrets.randbits(31)))
+
+
 @pytest.fixture
-def seed():
-    """A fresh seed per test, printed so a failure can be replayed."""
-    s = int.from_bytes(os.urandom(4), "little")
-    print(f"seed={s}")
+def seed(request):
+    """A per-test seed derived from the run's seed and the test's name, printed for replay."""
+    s = SEED + zlib.crc32(request.node.name.encode())
+    print(f"JITKERN_TEST_SEED={SEED} (this test: {s})")
+    request.node.user_properties.append(("seed", SEED))
     return s
+
+
+@pytest.fixture
+def gen(seed):
+    return torch.Generator().manual_seed(seed)
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:

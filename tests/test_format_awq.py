@@ -3,9 +3,6 @@
 Fresh random data every run; the seed is printed (shown on failure).  Reproduce a failure with
 ``JITKERN_TEST_SEED=<seed> python3 -m pytest tests/test_format_awq.py``.
 """
-import os
-import secrets
-import zlib
 
 import pytest
 import torch
@@ -15,16 +12,7 @@ from jitkern.formats.awq import (awq_to_gptq, awq_to_layout, dequantize_awq, pac
 from jitkern.formats.gptq import dequantize_gptq, gptq_to_layout, unpack_gptq
 from jitkern.formats.intpack import dequantize_layout, layout_linear, unpack_layout
 
-SEED = int(os.environ.get("JITKERN_TEST_SEED", secrets.randbits(31)))
 GROUPS = (32, 64, 128, -1)
-
-
-@pytest.fixture
-def gen(request):
-    seed = SEED + zlib.crc32(request.node.name.encode())
-    print(f"JITKERN_TEST_SEED={SEED} (this test: {seed})")
-    request.node.user_properties.append(("seed", SEED))
-    return torch.Generator().manual_seed(seed)
 
 
 def test_known_answer_interleave(gen):

@@ -3,9 +3,6 @@
 Fresh random data every run; the seed is printed (shown on failure).  Reproduce a failure with
 ``JITKERN_TEST_SEED=<seed> python3 -m pytest tests/test_format_gptq.py``.
 """
-import os
-import secrets
-import zlib
 
 import pytest
 import torch
@@ -13,19 +10,10 @@ import torch
 from jitkern.formats.gptq import (dequantize_gptq, gptq_to_layout, pack_gptq, quantize_gptq, unpack_gptq)
 from jitkern.formats.intpack import dequantize_layout, layout_linear
 
-SEED = int(os.environ.get("JITKERN_TEST_SEED", secrets.randbits(31)))
 BITS = (2, 3, 4, 8)
 GROUPS = (32, 64, 128, -1)
 FORMATS = ("gptq", "gptq_v2")
 N_CHOICES = {2: [16, 48, 80], 3: [32, 64, 96], 4: [8, 40, 72], 8: [4, 36, 100]}
-
-
-@pytest.fixture
-def gen(request):
-    seed = SEED + zlib.crc32(request.node.name.encode())
-    print(f"JITKERN_TEST_SEED={SEED} (this test: {seed})")
-    request.node.user_properties.append(("seed", SEED))
-    return torch.Generator().manual_seed(seed)
 
 
 def pick(gen, options):

@@ -3,9 +3,6 @@
 Fresh random data every run; the seed is printed (shown on failure).  Reproduce a failure with
 ``JITKERN_TEST_SEED=<seed> python3 -m pytest tests/test_format_intpack.py``.
 """
-import os
-import secrets
-import zlib
 
 import pytest
 import torch
@@ -14,16 +11,7 @@ from jitkern.formats.intpack import (dequantize_layout, layout_linear, pack_act_
                                      unpack_layout)
 from jitkern.formats.layout import TILE_N
 
-SEED = int(os.environ.get("JITKERN_TEST_SEED", secrets.randbits(31)))
 BITS = (2, 3, 4, 8)
-
-
-@pytest.fixture
-def gen(request):
-    seed = SEED + zlib.crc32(request.node.name.encode())
-    print(f"JITKERN_TEST_SEED={SEED} (this test: {seed})")
-    request.node.user_properties.append(("seed", SEED))
-    return torch.Generator().manual_seed(seed)
 
 
 def rand_ints(gen, hi, *shape):
