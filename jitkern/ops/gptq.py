@@ -16,8 +16,13 @@ from ..arch import resolve
 MAX_GEMV_M = 8
 
 
+def kernel_group(layout: IntLayout) -> int:
+    """The group size the kernels are specialized on: -1 when one group spans all of K."""
+    return layout.group_size if layout.group_size < layout.k else -1
+
+
 def variant(layout: IntLayout) -> dict:
-    return dict(bits=layout.bits, group=layout.group_size if layout.group_size < layout.k else -1,
+    return dict(bits=layout.bits, group=kernel_group(layout),
                 sym=layout.symmetric, act_order=layout.act_order)
 
 
@@ -48,18 +53,14 @@ def prepare(layout: IntLayout, device=None, arch: str | None = None) -> dict:
     return found
 
 
-def _args(layout: IntLayout) -> tuple:
-    return (layout.qweight, layout.scales, layout.zeros, layout.perm, layout.unit_group)
-
-
 def gemv(x: torch.Tensor, layout: IntLayout, bias: torch.Tensor | None = None) -> torch.Tensor:
     """y = x @ W.T for 1 <= M <= 8 rows; x fp16 [M, k_in] contiguous on the layout's device."""
     m = x.shape[0]
     kernel = prepare(layout, x.device)[("gemv", m)]
     out = torch.empty(m, layout.n, dtype=torch.float16, device=x.device)
-    group = layout.group_size if layout.group_size < layout.k else -1
-    kernel((layout.n_pad // TILE_N,), (kernel.consts["threads"],), x, *_args(layout), bias, out,
-           layout.k, layout.n, x.stride(0), group)
+    kernel((layout.n_pad // TILE_N,), (kernel.consts["threads"],), x, layout.qweight, layout.scales,
+           layout.zeros, layout.perm, layout.unit_group, bias, out, layout.k, layout.n, x.stride(0),
+           kernel_group(layout))
     return out
 
 
@@ -71,12 +72,11 @@ def dequantize(layout: IntLayout, tile0: int = 0, tiles: int | None = None,
     if out is None:
         out = torch.empty(layout.k, width, dtype=torch.float16, device=layout.qweight.device)
     kernel = prepare(layout)["dequant"]
-    group = layout.group_size if layout.group_size < layout.k else -1
     threads = kernel.consts["threads"]
     units_per_block = threads // 32
     grid = ((tiles + 3) // 4, (layout.k // 32 + units_per_block - 1) // units_per_block)
     kernel(grid, (threads,), layout.qweight, layout.scales, layout.zeros, layout.unit_group, out,
-           layout.k, layout.n, layout.n_pad, group, tile0, tiles, out.stride(0))
+           layout.k, layout.n, layout.n_pad, kernel_group(layout), tile0, tiles, out.stride(0))
     return out
 
 

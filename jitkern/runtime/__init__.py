@@ -12,6 +12,7 @@ import importlib
 import torch
 
 from .. import cache
+from ..families import get_family
 from ..spec import KernelSpec
 
 
@@ -42,17 +43,11 @@ class Kernel:
         self.spec = spec
         self.device = device
         self.entry = cache.get(spec)
-        from ..families import get_family
-
-        self.consts = get_family(spec.family).consts(spec)   # launch constants the template used
+        family = get_family(spec.family)
+        self.consts = family.consts(spec)   # launch constants the template was rendered with
         self._driver = driver(spec.target.vendor)
         with torch.cuda.device(device):
-            self.module, self.function = self._driver.load(self.entry.binary, self.spec_entry_name())
-
-    def spec_entry_name(self) -> str:
-        from ..families import get_family
-
-        return get_family(self.spec.family).entry
+            self.module, self.function = self._driver.load(self.entry.binary, family.entry)
 
     def __call__(self, grid, block, *args, shared: int = 0, stream: int | None = None) -> None:
         grid = tuple(grid) + (1,) * (3 - len(grid))
