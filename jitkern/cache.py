@@ -146,6 +146,8 @@ def get(spec: KernelSpec) -> Entry:
     if hit is not None:
         stats.memory_hits += 1
         return hit
+    if not isinstance(spec, KernelSpec):       # off the hot path: a memory hit is always a spec
+        raise ValueError(f"spec: expected a jitkern.spec.KernelSpec, got {type(spec).__name__}")
     with _lock:
         hit = _memory.get(spec)
         if hit is None:

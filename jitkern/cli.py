@@ -73,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _one_line(e: BaseException) -> str:
+    from .compiler import CompileError
+
+    if isinstance(e, CompileError):          # what failed, the compiler's first error, where the rest is
+        log = [ln.strip() for ln in e.log.splitlines() if ln.strip()]
+        first = next((ln for ln in log if "error" in ln.lower()), log[0] if log else "no compiler log")
+        return f"compiling {e.name} for {e.arch} failed: {first} (--debug shows the full log and source)"
     text = str(e).strip().splitlines()
     first = text[0] if text else ""
     known = (ValueError, OSError, RuntimeError, LookupError)

@@ -166,6 +166,9 @@ def cmd_clear(args) -> int:
 def cmd_prune(args) -> int:
     if args.older_than is None and args.max_size is None:
         raise ValueError("prune needs --older-than DAYS and/or --max-size MB")
+    for flag, value in (("--older-than", args.older_than), ("--max-size", args.max_size)):
+        if value is not None and not value >= 0:          # a negative limit would delete everything
+            raise ValueError(f"{flag} {value:g}: expected a number >= 0")
     now = time.time()
     items = sorted(entries(), key=lambda i: i.created)          # oldest first
     doomed = []

@@ -59,6 +59,10 @@ def _hiprtc():
         from hip import hiprtc
     except ImportError as e:
         raise BackendMissing(f"cannot import hip-python ({e}); {INSTALL_HINT}") from None
+    try:
+        hiprtc.hiprtcVersion()           # hip-python opens the library on the first call
+    except Exception as e:
+        raise BackendMissing(f"cannot load hiprtc from {Path(root) / 'lib'} ({e}); {INSTALL_HINT}") from None
     return hiprtc, root
 
 

@@ -17,6 +17,10 @@ def _nvrtc():
         from cuda.bindings import nvrtc
     except ImportError as e:
         raise BackendMissing(f"cannot import cuda.bindings.nvrtc ({e}); {INSTALL_HINT}") from None
+    try:
+        nvrtc.nvrtcVersion()             # the bindings open libnvrtc on the first call
+    except Exception as e:
+        raise BackendMissing(f"cannot load the NVRTC library ({type(e).__name__}: {e}); {INSTALL_HINT}") from None
     return nvrtc
 
 
