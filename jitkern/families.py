@@ -67,22 +67,20 @@ register(Family("gptq_dequant", "gptq_dequant.hip.j2", fmts=("gptq",), bits=SUPP
 
 def _gemv_consts(spec) -> dict:
     if spec.target.vendor == "nvidia":
-        # 255 registers a thread: one lane keeps all M rows (no duplicated dequantization), and
-        # 512 threads a block (128 registers each) give small-N layers (N = 4096: 128 tiles) enough
-        # loads in flight.
-        return {"threads": 512, "msplit": 1, "mpl": spec.m, "occupancy": 1}
-    # gfx906: lanes sharing one 128-bit weight load keep at most 2 rows each, which holds a lane
-    # within 64 VGPRs.  A power of two, so slots tile a wave exactly.
-    msplit = 1 if spec.m <= 2 else 2 if spec.m <= 4 else 4
-    return {"threads": 256, "msplit": msplit, "mpl": (spec.m + msplit - 1) // msplit,
-            "occupancy": _gemv_occupancy(spec)}
-
-
-def _gemv_occupancy(spec) -> int:
-    # Waves per SIMD asked of the gfx906 register allocator: 4 (<= 64 VGPRs) where the variant fits
-    # without scratch, 3 (<= 84) for the act-order gather and multi-row 8-bit variants, which would spill.
-    heavy = spec.opts.get("act_order") or (spec.bits == 8 and spec.m > 1)
-    return 3 if heavy else 4
+        # sm_80+: tensor-core MMAs (the op picks 128..512 threads a block).  Older: one lane keeps all
+        # M rows in fp32 FMAs, and 512 threads a block give small-N layers enough loads in flight.
+        mma = spec.target.sm >= 80
+        return {"threads": 512, "msplit": 1, "mpl": spec.m, "occupancy": 1, "mma": mma,
+                "unroll": 2 if spec.bits == 8 else 4}
+    # gfx906: lanes sharing one 128-bit weight load (same address, one request) split the M rows so
+    # that a lane stays within 64 VGPRs (4 waves per SIMD) without scratch: at most 2 rows a lane for
+    # plain int4, one row a lane where decoding needs more registers (8-bit words come in pairs; the
+    # act-order gather holds its indices).  A power of two, so slots tile a wave exactly.
+    rows_per_lane = 1 if spec.bits == 8 or spec.opts.get("act_order") else 2
+    msplit = 1
+    while msplit * rows_per_lane < spec.m:
+        msplit *= 2
+    return {"threads": 256, "msplit": msplit, "mpl": (spec.m + msplit - 1) // msplit, "occupancy": 4, "mma": False}
 
 
 # GEMV for 1..8 rows over the int layout, FP32 accumulation.

@@ -25,14 +25,12 @@ def test_gemv_uses_dot2_dwordx4_no_scratch(bits, sym):
         assert counts["global_load_dwordx4"] > 0, spec.uri
         if spec.family == "gptq_gemv":
             assert counts["v_dot2_f32_f16"] > 0, spec.uri
-            # 4 waves per SIMD: int4 at every M, int8 at M = 1 (multi-row int8 takes 84 to avoid spills)
-            if bits == 4 or spec.m == 1:
-                assert r["vgprs"] <= 64 and r["waves_per_simd"] >= 4, (spec.uri, r)
+            assert r["vgprs"] <= 64 and r["waves_per_simd"] >= 4, (spec.uri, r)   # 4 waves per SIMD
 
 
-@pytest.mark.parametrize("bits", [2, 3])
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
 @pytest.mark.parametrize("act_order", [False, True])
 def test_other_variants_compile_without_scratch(bits, act_order):
     for spec in kernel_specs(bits, 64, False, act_order, "gfx906", max_m=8)[::3]:
         r, _ = report(spec)
-        assert r["scratch_bytes"] == 0 and r["vgprs"] <= 84, (spec.uri, r)
+        assert r["scratch_bytes"] == 0 and r["vgprs"] <= 64, (spec.uri, r)

@@ -53,12 +53,40 @@ def prepare(layout: IntLayout, device=None, arch: str | None = None) -> dict:
     return found
 
 
+_multiprocessors: dict[int, int] = {}
+_block_threads: dict[tuple, int] = {}
+
+
+def _threads(kernel, tiles: int, k: int, device) -> int:
+    """Threads a block.  The tensor-core build splits K over 4..16 warps: the block size that keeps
+    the most warps streaming at once (all tiles' warps, capped by what the SMs hold resident), each
+    warp with at least one unrolled step of units."""
+    if not kernel.consts.get("mma"):
+        return kernel.consts["threads"]
+    key = (id(kernel), tiles, k)
+    found = _block_threads.get(key)
+    if found is not None:
+        return found
+    sms = _multiprocessors.get(device.index)
+    if sms is None:
+        sms = _multiprocessors[device.index] = torch.cuda.get_device_properties(device).multi_processor_count
+    best, best_warps, threads = 128, 0, 128
+    while threads <= kernel.consts["threads"] and (threads // 32) * kernel.consts["unroll"] * 32 <= max(k, 128):
+        warps = min(tiles, sms * kernel.resident_blocks(threads)) * (threads // 32)
+        if warps > best_warps:
+            best, best_warps = threads, warps
+        threads *= 2
+    _block_threads[key] = best
+    return best
+
+
 def gemv(x: torch.Tensor, layout: IntLayout, bias: torch.Tensor | None = None) -> torch.Tensor:
     """y = x @ W.T for 1 <= M <= 8 rows; x fp16 [M, k_in] contiguous on the layout's device."""
     m = x.shape[0]
     kernel = prepare(layout, x.device)[("gemv", m)]
     out = torch.empty(m, layout.n, dtype=torch.float16, device=x.device)
-    kernel((layout.n_pad // TILE_N,), (kernel.consts["threads"],), x, layout.qweight, layout.scales,
+    tiles = layout.n_pad // TILE_N
+    kernel((tiles,), (_threads(kernel, tiles, layout.k, x.device),), x, layout.qweight, layout.scales,
            layout.zeros, layout.perm, layout.unit_group, bias, out, layout.k, layout.n, x.stride(0),
            kernel_group(layout))
     return out

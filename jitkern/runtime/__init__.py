@@ -46,6 +46,7 @@ class Kernel:
         family = get_family(spec.family)
         self.consts = family.consts(spec)   # launch constants the template was rendered with
         self._driver = driver(spec.target.vendor)
+        self._occupancy_inputs = None
         with torch.cuda.device(device):
             self.module, self.function = self._driver.load(self.entry.binary, family.entry)
 
@@ -60,6 +61,21 @@ class Kernel:
     def attributes(self) -> dict:
         """Registers, shared memory, local memory... as the driver reports them."""
         return self._driver.attributes(self.function)
+
+    def resident_blocks(self, threads: int) -> int:
+        """Blocks of `threads` one multiprocessor keeps resident at once, as its registers, shared
+        memory and thread slots allow (registers are allocated per warp in 256s)."""
+        if self._occupancy_inputs is None:
+            props = torch.cuda.get_device_properties(self.device)
+            attrs = self.attributes()
+            self._occupancy_inputs = (attrs["registers"], attrs["shared_bytes"], props.warp_size,
+                                      getattr(props, "regs_per_multiprocessor", 65536),
+                                      getattr(props, "shared_memory_per_multiprocessor", 1 << 16),
+                                      props.max_threads_per_multi_processor)
+        regs, shared, wave, sm_regs, sm_shared, sm_threads = self._occupancy_inputs
+        warps = -(-threads // wave)
+        per_warp = -(-max(regs, 1) * wave // 256) * 256
+        return min(sm_regs // (per_warp * warps), sm_shared // max(shared, 1), sm_threads // threads, 32)
 
 
 _loaded: dict[tuple, Kernel] = {}
