@@ -6,8 +6,6 @@ IntLayout and the forward calls the ``jitkern::gptq_linear`` op through :func:`j
 """
 from __future__ import annotations
 
-import logging
-import os
 from fractions import Fraction
 
 import torch
@@ -21,12 +19,9 @@ from jitkern.formats.layout import IntLayout
 from jitkern.nn import quant_linear
 
 from . import vllm as plugin
+from ._vllm_common import allow_v2_loaders, log_bf16, note_forward
 
-log = logging.getLogger("jitkern.vllm")
-MARKER_ENV = "JITKERN_VLLM_MARKER_DIR"      # tests: each process that runs a jitkern forward writes here
 _LAYOUT_FIELDS = ("qweight", "scales", "zeros", "perm", "unit_group")
-_marked = False
-_bf16_logged = False
 
 
 def _pack_factor(bits: int):
@@ -60,12 +55,11 @@ class _JitkernLinearMethod(LinearMethodBase):
     def apply(self, layer, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         layout = IntLayout(*layer.jk_meta, *(getattr(layer, "jk_" + n) for n in _LAYOUT_FIELDS))
         if x.dtype == torch.bfloat16:
-            _log_bf16()
+            log_bf16()
         out = quant_linear(x.contiguous(), layout)
         if bias is not None:
             out = out + bias
-        if not _marked and os.environ.get(MARKER_ENV) and not torch.compiler.is_compiling():
-            _mark()
+        note_forward()
         return out
 
 
@@ -232,30 +226,4 @@ def _is_moe(layer) -> bool:
 
 
 def enable_v2_loaders() -> None:
-    """vLLM's linear layers hand parameter classes to their own loaders (weight_loader_v2: TP shards,
-    fused qkv / gate_up offsets) only for methods named in this allow-list."""
-    from vllm.model_executor.layers import linear
-
-    for cls in (JitkernGPTQLinearMethod, JitkernAWQLinearMethod):
-        if cls.__name__ not in linear.WEIGHT_LOADER_V2_SUPPORTED:
-            linear.WEIGHT_LOADER_V2_SUPPORTED.append(cls.__name__)
-
-
-def _log_bf16() -> None:
-    global _bf16_logged
-    if not _bf16_logged:
-        _bf16_logged = True
-        log.warning("jitkern: bf16 model: quantized linears compute in fp16 (gfx906 has no bf16 math) and "
-                    "return bf16; pass dtype='float16' to run the whole model in fp16")
-
-
-def _mark() -> None:
-    """Leave ``<dir>/<pid>`` holding the op call count: proof that this process ran jitkern's forward."""
-    global _marked
-    from jitkern.ops.library import calls
-
-    _marked = True
-    d = os.environ[MARKER_ENV]
-    os.makedirs(d, exist_ok=True)
-    with open(os.path.join(d, f"jitkern-{os.getpid()}"), "w") as f:
-        f.write(f"{calls['gptq_linear']}\n")
+    allow_v2_loaders(JitkernGPTQLinearMethod, JitkernAWQLinearMethod)
