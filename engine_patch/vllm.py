@@ -2,9 +2,18 @@
 
 vLLM calls :func:`register` in every process it starts (front end, engine core, each worker).  When
 jitkern is active — AMD GPUs by default; ``JITKERN_VLLM=1`` anywhere (CPU included), ``0`` never — it
-registers the quantization config ``"jitkern"``, whose ``override_quantization_method`` claims GPTQ and
-AWQ checkpoints jitkern can serve.  vLLM probes custom configs before its own, so no CLI flag is
-needed; this also serves what upstream rejects (act-order, asymmetric, 2/3/8-bit GPTQ).
+routes, through vLLM's own seams:
+
+* GPTQ / AWQ checkpoints (``_vllm_linear``): the quantization config ``"jitkern"``, whose
+  ``override_quantization_method`` claims the checkpoints jitkern can serve.  vLLM probes custom configs
+  before its own, so no CLI flag is needed; this also serves what upstream rejects (act-order,
+  asymmetric, 2/3/8-bit GPTQ).
+* unquantized linear layers and the lm_head (``_vllm_dense``), whatever the checkpoint: vLLM's
+  ``UnquantizedLinearMethod`` / ``UnquantizedEmbeddingMethod`` hand served layers to
+  ``jitkern::dense_linear`` after loading.
+
+Each layer's forward is one torch.library op with a fake implementation; the GEMV/GEMM choice happens
+inside it, and every kernel a layer can hit is compiled when its weights are loaded.
 """
 from __future__ import annotations
 
@@ -57,12 +66,14 @@ def register() -> None:
         return
     from vllm.model_executor.layers.quantization import register_quantization_config
 
-    from . import _vllm_linear
+    from . import _vllm_dense, _vllm_linear
 
     _vllm_linear.enable_v2_loaders()
     register_quantization_config(NAME)(_vllm_linear.JitkernConfig)
+    _vllm_dense.install()
+    served = ["GPTQ/AWQ (quantization method %r)" % NAME, "unquantized linears and lm_head"]
     _state["active"] = True
-    log.info("jitkern: vLLM plugin active (quantization method %r claims GPTQ/AWQ checkpoints)", NAME)
+    log.info("jitkern: vLLM plugin active: %s", ", ".join(served))
 
 
 def active() -> bool:

