@@ -15,6 +15,7 @@ SETTINGS = {
     "JITKERN_NO_COMPILE": "1: a cache miss is an error (proves a warmed cache is complete)",
     "JITKERN_GEMV_MAX_M": "largest batch served by the GEMV kernels; above it dequantize + GEMM (default 8)",
     "JITKERN_WORKSPACE_MB": "bound on the fp16 dequantization workspace of the prefill path (default 256)",
+    "JITKERN_PREFILL": "prefill GEMM (M above the GEMV): auto (fused Triton where it runs, else dequantize + BLAS) or blas",
     "JITKERN_VLLM": "vLLM plugin: 1 forces jitkern on any platform, 0 disables it (default: AMD GPUs only)",
     "JITKERN_LOG": "log level of the 'jitkern' logger (default WARNING)",
 }
@@ -53,6 +54,13 @@ def gemv_max_m() -> int:
 
 def workspace_bytes() -> int:
     return _int("JITKERN_WORKSPACE_MB", 256) << 20
+
+
+def prefill_backend() -> str:
+    raw = os.environ.get("JITKERN_PREFILL", "auto").strip().lower() or "auto"
+    if raw not in ("auto", "blas"):
+        raise ValueError(f"JITKERN_PREFILL={raw!r}: expected 'auto' or 'blas'")
+    return raw
 
 
 def vllm_mode() -> str:

@@ -10,6 +10,7 @@ import torch
 from .. import env
 from ..formats.layout import TILE_N, IntLayout
 from ..runtime import get_kernel
+from . import int_gemm_triton, splitk
 from ..spec import KernelSpec
 from ..arch import resolve
 
@@ -50,34 +51,26 @@ def prepare(layout: IntLayout, device=None, arch: str | None = None) -> dict:
         specs = kernel_specs(v["bits"], v["group"], v["sym"], v["act_order"], target.arch)
         found = {("gemv", s.m) if s.family == "gptq_gemv" else "dequant": get_kernel(s, device) for s in specs}
         _kernels[key] = found
+    if device.type == "cuda":
+        _reserve_workspace(found, layout, device)
+        if _fused_prefill(layout, device):
+            int_gemm_triton.warm(layout)
     return found
 
 
-_multiprocessors: dict[int, int] = {}
-_block_threads: dict[tuple, int] = {}
-
-
-def _threads(kernel, tiles: int, k: int, device) -> int:
-    """Threads a block.  The tensor-core build splits K over 4..16 warps: the block size that keeps
-    the most warps streaming at once (all tiles' warps, capped by what the SMs hold resident), each
-    warp with at least one unrolled step of units."""
+def _launch_shape(kernel, layout: IntLayout, device) -> tuple[int, int]:
     if not kernel.consts.get("mma"):
-        return kernel.consts["threads"]
-    key = (id(kernel), tiles, k)
-    found = _block_threads.get(key)
-    if found is not None:
-        return found
-    sms = _multiprocessors.get(device.index)
-    if sms is None:
-        sms = _multiprocessors[device.index] = torch.cuda.get_device_properties(device).multi_processor_count
-    best, best_warps, threads = 128, 0, 128
-    while threads <= kernel.consts["threads"] and (threads // 32) * kernel.consts["unroll"] * 32 <= max(k, 128):
-        warps = min(tiles, sms * kernel.resident_blocks(threads)) * (threads // 32)
-        if warps > best_warps:
-            best, best_warps = threads, warps
-        threads *= 2
-    _block_threads[key] = best
-    return best
+        return kernel.consts["threads"], 1
+    return splitk.plan(kernel, layout.n_pad // TILE_N, layout.k // 32, device)
+
+
+def _reserve_workspace(kernels: dict, layout: IntLayout, device) -> None:
+    """Size the split-K workspace for every GEMV of this layer now, outside any graph capture."""
+    tiles = layout.n_pad // TILE_N
+    need = [m * layout.n_pad * _launch_shape(kernels[("gemv", m)], layout, device)[1]
+            for m in range(1, MAX_GEMV_M + 1) if _launch_shape(kernels[("gemv", m)], layout, device)[1] > 1]
+    if need:
+        splitk.workspace(device, max(need), tiles)
 
 
 def gemv(x: torch.Tensor, layout: IntLayout, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -86,9 +79,12 @@ def gemv(x: torch.Tensor, layout: IntLayout, bias: torch.Tensor | None = None) -
     kernel = prepare(layout, x.device)[("gemv", m)]
     out = torch.empty(m, layout.n, dtype=torch.float16, device=x.device)
     tiles = layout.n_pad // TILE_N
-    kernel((tiles,), (_threads(kernel, tiles, layout.k, x.device),), x, layout.qweight, layout.scales,
-           layout.zeros, layout.perm, layout.unit_group, bias, out, layout.k, layout.n, x.stride(0),
-           kernel_group(layout))
+    threads, splits = _launch_shape(kernel, layout, x.device)
+    sums = done = None
+    if splits > 1:
+        sums, done = splitk.workspace(x.device, splits * m * layout.n_pad, tiles)
+    kernel((tiles, splits), (threads,), x, layout.qweight, layout.scales, layout.zeros, layout.perm,
+           layout.unit_group, bias, out, sums, done, layout.k, layout.n, x.stride(0), kernel_group(layout))
     return out
 
 
@@ -108,9 +104,17 @@ def dequantize(layout: IntLayout, tile0: int = 0, tiles: int | None = None,
     return out
 
 
+def _fused_prefill(layout: IntLayout, device, m: int = int_gemm_triton.MAX_M) -> bool:
+    return (m <= int_gemm_triton.MAX_M and env.prefill_backend() == "auto"
+            and int_gemm_triton.available(layout, device))
+
+
 def gemm(x: torch.Tensor, layout: IntLayout, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """Prefill: dequantize column strips into a bounded fp16 workspace, multiply each with BLAS."""
+    """Prefill: the fused Triton GEMM for short prompts where it runs (NVIDIA sm_80+, 4/8-bit, M <= 64);
+    otherwise dequantize column strips into a bounded fp16 workspace and multiply each with BLAS."""
     xp = x.index_select(1, layout.perm) if layout.act_order else x
+    if _fused_prefill(layout, x.device, x.shape[0]):
+        return int_gemm_triton.gemm(xp, layout, bias)
     out = torch.empty(x.shape[0], layout.n, dtype=torch.float16, device=x.device)
     tiles_total = layout.n_pad // TILE_N
     tiles_per_chunk = max(1, env.workspace_bytes() // (layout.k * TILE_N * 2))
