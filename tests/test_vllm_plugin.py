@@ -172,8 +172,11 @@ def test_tensor_parallel_2(models, run, jitkern_runs, tmp_path):
     assert out["tokens"] == jitkern_runs["gptq4_act"]["tokens"]
 
 
-def test_servable_and_modes(monkeypatch):
+def test_servable_and_modes(monkeypatch, caplog):
+    import logging
+
     import torch
+    import vllm
     from vllm.model_executor.layers import quantization as q
     from vllm.model_executor.layers.linear import UnquantizedLinearMethod
     from vllm.model_executor.layers.vocab_parallel_embedding import UnquantizedEmbeddingMethod
@@ -209,8 +212,13 @@ def test_servable_and_modes(monkeypatch):
 
     monkeypatch.setattr(plugin, "vllm_version", lambda: (0, 10))
     fresh("1")
-    plugin.register()
-    assert not plugin.active() and not _vllm_dense.installed()   # unsupported version: one warning, inactive
+    with caplog.at_level(logging.WARNING, logger="jitkern.vllm"):
+        plugin.register()
+        plugin.register()
+    assert not plugin.active() and not _vllm_dense.installed()   # unsupported version: inactive, and
+    assert [r.getMessage() for r in caplog.records if "not supported" in r.getMessage()] == [   # says so once
+        f"jitkern: vLLM {vllm.__version__} is not supported (supported: 0.32.x, 0.33.x); the jitkern plugin is "
+        "inactive and vLLM's own kernels run"]
     monkeypatch.setattr(plugin, "vllm_version", lambda: (0, 32))
     fresh("0")
     plugin.register()                                      # JITKERN_VLLM=0: nothing routed at all
