@@ -51,7 +51,7 @@ if triton is not None:
         pid_m = first_m + (pid % per_group) % rows_m
         pid_n = (pid % per_group) // rows_m
 
-        offs_m = pid_m * BM + tl.arange(0, BM)
+        offs_m = (pid_m * BM + tl.arange(0, BM)).to(tl.int64)     # M * N may pass 2^31
         offs_n = pid_n * BN + tl.arange(0, BN)
         n_ok = offs_n < n_pad
         WPO: tl.constexpr = BITS // 4                 # words per 8 rows
