@@ -81,6 +81,13 @@ def race(args: dict) -> dict:
 # ---------------------------------------------------------------------------------------------
 # kill: SIGKILL at an exact point of an entry write
 
+def _get_all(cache_dir, specs):
+    _use(cache_dir)
+    for d in specs:
+        cache.get(spec(d))
+    os._exit(0)
+
+
 def _die():
     os.kill(os.getpid(), signal.SIGKILL)
 
@@ -121,13 +128,6 @@ def _kill_child(cache_dir, d, point):
     os._exit(0)                              # not reached when the point is hit
 
 
-def _random_kill_child(cache_dir, specs):
-    _use(cache_dir)
-    for d in specs:
-        cache.get(spec(d))
-    os._exit(0)
-
-
 def kill(args: dict) -> dict:
     out = {}
     for label, point, cache_dir in args["points"]:
@@ -136,7 +136,7 @@ def kill(args: dict) -> dict:
         p.join(120)
         out[label] = p.exitcode
     # and once at a random moment, from outside, while a process writes several entries
-    p = CTX.Process(target=_random_kill_child, args=(args["random_dir"], args["random_specs"]))
+    p = CTX.Process(target=_get_all, args=(args["random_dir"], args["random_specs"]))
     p.start()
     time.sleep(args["random_delay"])
     os.kill(p.pid, signal.SIGKILL)
@@ -187,16 +187,11 @@ def _deleter(cache_dir, until, seed, queue):
     queue.put({"role": "deleter", "runs": runs, "deleted": deleted, "errors": errors})
 
 
-def _warm_child(cache_dir, specs):
-    _use(cache_dir)
-    for d in specs:
-        cache.get(spec(d))
-    os._exit(0)
 
 
 def prune(args: dict) -> dict:
     d, specs = args["cache_dir"], args["specs"]
-    p = CTX.Process(target=_warm_child, args=(d, specs))      # a warm cache to start from
+    p = CTX.Process(target=_get_all, args=(d, specs))         # a warm cache to start from
     p.start()
     p.join(300)
     until = time.time() + args["seconds"]

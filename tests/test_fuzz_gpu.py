@@ -29,40 +29,16 @@ import pytest
 import torch
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from fuzz_common import (BAD, PROFILES, SEEDS, SETTINGS, F16_MAX, activations, check,  # noqa: E402
+                         check_propagation, nmin, spoil_gguf_scale, spoil_x)
 
 pytestmark = pytest.mark.gpu
 DEV = "cuda"
 TOL = 2.0 ** -9
-F16_MAX = 65504.0
-SETTINGS = dict(deadline=None, database=None, print_blob=True,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 GGUF_TYPES = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS")
 QUANT_FIELDS = ("qs", "qh", "ql", "hmask")
-
-
-# ---------------------------------------------------------------------------------------------
-# data
-
-def activations(profile: str, m: int, k: int, g: torch.Generator) -> torch.Tensor:
-    """fp16 [m, k]: normal, large (outputs overflow fp16), tiny (fp16 subnormals) or mixed; every
-    profile holds some +0 and -0 and is never all zero."""
-    x = torch.randn(m, k, generator=g)
-    if profile == "large":
-        x = x * 10 ** (2 + 2.8 * torch.rand(m, k, generator=g))
-    elif profile == "tiny":
-        x = x * 2.0 ** -20                                         # below 2**-14: subnormal in fp16
-    elif profile == "mixed":
-        pick = torch.rand(m, k, generator=g)
-        x = torch.where(pick < 0.1, x * 2.0 ** -20, x)
-        x = torch.where((pick >= 0.1) & (pick < 0.15), x * 3e4, x)
-    x = x.clamp(-F16_MAX, F16_MAX).half()
-    zeros = torch.rand(m, k, generator=g) < 0.1
-    sign = torch.rand(m, k, generator=g) < 0.5
-    x[zeros & sign] = 0.0
-    x[zeros & ~sign] = -0.0
-    x[:, 0] = torch.where(x[:, 0] == 0, torch.ones_like(x[:, 0]), x[:, 0])   # never a zero row
-    return x
 
 
 def poison_pool() -> None:
@@ -71,20 +47,8 @@ def poison_pool() -> None:
     torch.empty(1 << 21, dtype=torch.float32, device=DEV).fill_(float("nan"))
 
 
-def check(out: torch.Tensor, ref: torch.Tensor, bound: torch.Tensor, what: str) -> None:
-    out = out.detach().double().cpu()
-    assert out.shape == ref.shape, (what, out.shape, ref.shape)
-    fin = torch.isfinite(out)
-    ok_fin = fin & ((out - ref).abs() <= bound)
-    ok_inf = torch.isinf(out) & (torch.sign(out) == torch.sign(ref)) & (ref.abs() + bound >= F16_MAX)
-    bad = ~(ok_fin | ok_inf)
-    if bad.any():
-        i = tuple(bad.nonzero()[0].tolist())
-        pytest.fail(f"{what}: {int(bad.sum())} of {bad.numel()} outputs beyond the tolerance, e.g. {i}: "
-                    f"got {out[i].item():.7g}, float64 reference {ref[i].item():.7g}, bound {bound[i].item():.3g}")
-
-
 def bound_for(x: torch.Tensor, w: torch.Tensor, bias=None) -> torch.Tensor:
+    """The stated tolerance (module docstring) without the GGUF GEMV term."""
     xa = x.double().abs()
     b = TOL * (xa @ w.abs().t()) + 2.0 ** -24 * (1 + xa.sum(1, keepdim=True))
     return b if bias is None else b + TOL * bias.double().abs()
@@ -98,10 +62,6 @@ def reference(x: torch.Tensor, w: torch.Tensor, bias=None) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 # GPTQ / AWQ
 
-def nmin(bits: int) -> int:
-    return 32 if bits == 3 else 32 // bits
-
-
 @st.composite
 def gptq_cases(draw):
     awq = draw(st.booleans())
@@ -111,8 +71,7 @@ def gptq_cases(draw):
                 n=nmin(bits) * draw(st.integers(1, 256 // nmin(bits))), k=32 * draw(st.integers(1, 24)),
                 m=draw(st.one_of(st.integers(1, 8), st.integers(9, 40))),
                 w_scale=10.0 ** draw(st.sampled_from([-6, -3, 0, 2])),     # 1e-6: subnormal fp16 scales
-                x=draw(st.sampled_from(["normal", "large", "tiny", "mixed"])),
-                bias=draw(st.booleans()), seed=draw(st.integers(0, 2 ** 31 - 1)))
+                x=draw(PROFILES), bias=draw(st.booleans()), seed=draw(SEEDS))
 
 
 def gptq_layer(c: dict, g: torch.Generator, bad_scale=None):
@@ -162,8 +121,7 @@ def test_gptq_awq_random_legal_cases_match_float64(c):
 def dense_cases(draw):
     return dict(n=draw(st.integers(1, 300)), k=8 * draw(st.integers(1, 160)), m=draw(st.integers(1, 16)),
                 w_scale=10.0 ** draw(st.sampled_from([-6, -2, 0, 2])),
-                x=draw(st.sampled_from(["normal", "large", "tiny", "mixed"])),
-                bias=draw(st.booleans()), seed=draw(st.integers(0, 2 ** 31 - 1)))
+                x=draw(PROFILES), bias=draw(st.booleans()), seed=draw(SEEDS))
 
 
 @settings(max_examples=60, **SETTINGS)
@@ -229,8 +187,7 @@ def gguf_cases(draw):
     return dict(qtype=qtype, n=draw(st.integers(1, 100)), k=TYPES[qtype].block * draw(st.integers(1, 6)),
                 m=draw(st.one_of(st.integers(1, 8), st.integers(9, 24))),
                 scale_exp=draw(st.sampled_from([-20, -8, 0, 4])),
-                x=draw(st.sampled_from(["normal", "large", "tiny", "mixed"])),
-                bias=draw(st.booleans()), seed=draw(st.integers(0, 2 ** 31 - 1)))
+                x=draw(PROFILES), bias=draw(st.booleans()), seed=draw(SEEDS))
 
 
 @settings(max_examples=100, **SETTINGS)
@@ -259,36 +216,6 @@ def test_gguf_random_legal_cases_match_float64(c):
 # ---------------------------------------------------------------------------------------------
 # NaN / Inf
 
-F16_BITS = {"nan": 0x7E00, "inf": 0x7C00, "-inf": 0xFC00}
-BAD = st.sampled_from(["nan", "inf", "-inf"])
-
-
-def check_propagation(out, x, w, bias, m0, n0, what, w0=None):
-    """Row m0 and column n0 (None: none) all NaN/Inf; the rest finite and within the tolerance
-    (w0: GGUF offset terms, adds the GEMV's activation quantization budget)."""
-    out = out.detach().double().cpu()
-    m, n = out.shape
-    if m0 is not None:
-        assert not torch.isfinite(out[m0]).any(), f"{what}: finite outputs in row {m0}: {out[m0].tolist()}"
-    if n0 is not None:
-        assert not torch.isfinite(out[:, n0]).any(), f"{what}: finite outputs in column {n0}: {out[:, n0].tolist()}"
-    rows = [i for i in range(m) if i != m0]
-    cols = [j for j in range(n) if j != n0]
-    if rows and cols:
-        xr, wc = x[rows], w[cols]
-        b = None if bias is None else bias[cols]
-        bound = bound_for(xr, wc, b) if w0 is None else gguf_gemv_bound(xr, wc, w0[cols], b)
-        check(out[rows][:, cols], reference(xr, wc, b), bound, f"{what}: unaffected outputs")
-
-
-def spoil_x(x: torch.Tensor, bad: str, g: torch.Generator):
-    m0 = int(torch.randint(0, x.shape[0], (1,), generator=g))
-    j0 = int(torch.randint(0, x.shape[1], (1,), generator=g))
-    xs = x.clone()
-    xs[m0, j0] = float(bad)
-    return xs, m0
-
-
 @settings(max_examples=60, **SETTINGS)
 @given(c=gptq_cases(), bad=BAD, where=st.sampled_from(["x", "scale"]))
 def test_gptq_awq_nan_inf_propagate(c, bad, where):
@@ -297,8 +224,8 @@ def test_gptq_awq_nan_inf_propagate(c, bad, where):
     layer, ref_w, n0 = gptq_layer(c, g, bad if where == "scale" else None)
     x = activations("normal", c["m"], c["k"], g)
     xs, m0 = spoil_x(x, bad, g) if where == "x" else (x, None)
-    out = layer(xs.to(DEV))
-    check_propagation(out, x, ref_w, None, m0, n0, f"{c} {bad} in {where}")
+    check_propagation(layer(xs.to(DEV)), x, ref_w, m0, n0, f"{c} {bad} in {where}",
+                      lambda xr, wc, cols: bound_for(xr, wc))
 
 
 @settings(max_examples=40, **SETTINGS)
@@ -309,13 +236,10 @@ def test_dense_nan_inf_propagate(c, bad, where):
     g = torch.Generator().manual_seed(c["seed"])
     w = torch.randn(c["n"], c["k"], generator=g).half()
     x = activations("normal", c["m"], c["k"], g)
-    ws, n0 = w.clone(), None
-    if where == "weight":
-        n0 = int(torch.randint(0, c["n"], (1,), generator=g))
-        ws[n0, int(torch.randint(0, c["k"], (1,), generator=g))] = float(bad)
+    ws, n0 = spoil_x(w, bad, g) if where == "weight" else (w, None)     # a weight of output column n0
     xs, m0 = spoil_x(x, bad, g) if where == "x" else (x, None)
-    out = dense_linear(xs.to(DEV), ws.to(DEV))
-    check_propagation(out, x, w.double(), None, m0, n0, f"{c} {bad} in {where}")
+    check_propagation(dense_linear(xs.to(DEV), ws.to(DEV)), x, w.double(), m0, n0, f"{c} {bad} in {where}",
+                      lambda xr, wc, cols: bound_for(xr, wc))
 
 
 @settings(max_examples=80, **SETTINGS)
@@ -327,17 +251,11 @@ def test_gguf_nan_inf_propagate(c, bad, where):
     g = torch.Generator().manual_seed(c["seed"])
     raw = G.random_blocks(c["qtype"], c["n"], c["k"], generator=g)
     w, w0 = gguf_reference_weights(c["qtype"], raw)
-    n0 = None
-    if where == "scale":
-        qt = G.gguf_type(c["qtype"])
-        d = next(f for f in qt.fields if f.kind.startswith("f16"))            # d (first half of dm)
-        n0 = int(torch.randint(0, c["n"], (1,), generator=g))
-        at = int(torch.randint(0, c["k"] // qt.block, (1,), generator=g)) * qt.nbytes + d.offset
-        raw[n0, at:at + 2] = torch.tensor([F16_BITS[bad] & 0xFF, F16_BITS[bad] >> 8], dtype=torch.uint8)
+    n0 = spoil_gguf_scale(raw, c["qtype"], bad, g) if where == "scale" else None
     layer = GGUFLinear.from_raw(raw, c["qtype"]).to(DEV)
     x = activations("normal", c["m"], c["k"], g)
     xs, m0 = spoil_x(x, bad, g) if where == "x" else (x, None)
-    out = layer(xs.to(DEV))
     gemv = c["m"] <= 8
-    check_propagation(out, x, w, None, m0, n0, f"{c} {bad} in {where} ({'GEMV' if gemv else 'prefill'})",
-                      w0 if gemv else None)
+    bound = (lambda xr, wc, cols: gguf_gemv_bound(xr, wc, w0[cols])) if gemv else (lambda xr, wc, cols: bound_for(xr, wc))
+    check_propagation(layer(xs.to(DEV)), x, w, m0, n0, f"{c} {bad} in {where} ({'GEMV' if gemv else 'prefill'})",
+                      bound)

@@ -20,63 +20,26 @@ import pytest
 import torch
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+from hypothesis import given, settings, strategies as st  # noqa: E402
 
+from fuzz_common import (BAD, PROFILES, SEEDS, SETTINGS, activations, check,  # noqa: E402
+                         check_propagation, nmin, spoil_gguf_scale, spoil_x)
 from jitkern.formats import gguf as G  # noqa: E402
 from jitkern.formats.awq import awq_to_gptq, awq_to_layout, dequantize_awq, quantize_awq  # noqa: E402
 from jitkern.formats.gptq import dequantize_gptq, gptq_to_layout, quantize_gptq  # noqa: E402
 from jitkern.formats.intpack import dequantize_layout  # noqa: E402
 
-SETTINGS = dict(deadline=None, database=None, print_blob=True,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-F16_MAX = 65504.0
 GGUF_TYPES = list(G.TYPES)
-F16_BAD = {"nan": 0x7E00, "inf": 0x7C00, "-inf": 0xFC00}
-BAD = st.sampled_from(["nan", "inf", "-inf"])
 
 
-def nmin(bits: int) -> int:
-    return 32 if bits == 3 else 32 // bits
+def bound(x: torch.Tensor, w: torch.Tensor, cols=None) -> torch.Tensor:
+    """The stated tolerance (module docstring) around ref = x @ w.T."""
+    ref = x.double() @ w.t()
+    return 2.0 ** -11 * ref.abs() + 2.0 ** -18 * (x.double().abs() @ w.abs().t()) + 2.0 ** -24
 
 
-def activations(profile: str, m: int, k: int, g: torch.Generator) -> torch.Tensor:
-    """fp16 [m, k]: normal, large (|x| up to 6e4), tiny (fp16 subnormals) or mixed, with +-0."""
-    x = torch.randn(m, k, generator=g)
-    if profile == "large":
-        x = x * 10 ** (2 + 2.8 * torch.rand(m, k, generator=g))
-    elif profile == "tiny":
-        x = x * 2.0 ** -20
-    elif profile == "mixed":
-        pick = torch.rand(m, k, generator=g)
-        x = torch.where(pick < 0.1, x * 2.0 ** -20, torch.where(pick < 0.15, x * 3e4, x))
-    x = x.clamp(-F16_MAX, F16_MAX).half()
-    zero = torch.rand(m, k, generator=g) < 0.1
-    x[zero] = torch.where(torch.rand(m, k, generator=g)[zero] < 0.5, 0.0, -0.0).half()
-    x[:, 0] = torch.where(x[:, 0] == 0, torch.ones_like(x[:, 0]), x[:, 0])      # no all-zero row
-    return x
-
-
-def check(out: torch.Tensor, ref: torch.Tensor, x: torch.Tensor, w: torch.Tensor, what: str) -> None:
-    out = out.double()
-    bound = 2.0 ** -11 * ref.abs() + 2.0 ** -18 * (x.double().abs() @ w.abs().t()) + 2.0 ** -24
-    ok = (torch.isfinite(out) & ((out - ref).abs() <= bound)) | \
-         (torch.isinf(out) & (torch.sign(out) == torch.sign(ref)) & (ref.abs() + bound >= F16_MAX))
-    if not ok.all():
-        i = tuple((~ok).nonzero()[0].tolist())
-        pytest.fail(f"{what}: {int((~ok).sum())} of {ok.numel()} outputs beyond the tolerance, e.g. {i}: "
-                    f"got {out[i].item():.7g}, float64 {ref[i].item():.7g}, bound {bound[i].item():.3g}")
-
-
-def check_propagation(out, x, w, m0, n0, what):
-    out = out.double()
-    if m0 is not None:
-        assert not torch.isfinite(out[m0]).any(), f"{what}: finite outputs in row {m0}"
-    if n0 is not None:
-        assert not torch.isfinite(out[:, n0]).any(), f"{what}: finite outputs in column {n0}"
-    rows = [i for i in range(out.shape[0]) if i != m0]
-    cols = [j for j in range(out.shape[1]) if j != n0]
-    if rows and cols:
-        check(out[rows][:, cols], x[rows].double() @ w[cols].t(), x[rows], w[cols], f"{what}: unaffected")
+def check_linear(out, x, w, what):
+    check(out, x.double() @ w.t(), bound(x, w), what)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -89,7 +52,7 @@ def int_cases(draw):
                 act_order=draw(st.booleans()), fmt=draw(st.sampled_from(["gptq", "gptq_v2"])),
                 n=nmin(bits) * draw(st.integers(1, 128 // nmin(bits))), k=32 * draw(st.integers(1, 16)),
                 m=draw(st.integers(1, 12)), w_scale=10.0 ** draw(st.sampled_from([-6, -3, 0, 2])),
-                x=draw(st.sampled_from(["normal", "large", "tiny", "mixed"])), seed=draw(st.integers(0, 2 ** 31 - 1)))
+                x=draw(PROFILES), seed=draw(SEEDS))
 
 
 def gptq_checkpoint(c, g):
@@ -112,12 +75,12 @@ def test_gptq_layout_is_exact_and_reference_linear_matches_float64(c):
     x = activations(c["x"], c["m"], c["k"], g)
     out = QuantLinear(layout)(x)
     assert out.dtype == torch.float16 and out.shape == (c["m"], c["n"])
-    check(out, x.double() @ oracle.t(), x, oracle, f"{c}")
+    check_linear(out, x, oracle, f"{c}")
 
 
 @settings(max_examples=30, **SETTINGS)
 @given(group=st.sampled_from([32, 64, 128, -1]), n=st.integers(1, 32), k=st.integers(1, 16),
-       w_exp=st.sampled_from([-6, -3, 0, 2]), seed=st.integers(0, 2 ** 31 - 1))
+       w_exp=st.sampled_from([-6, -3, 0, 2]), seed=SEEDS)
 def test_awq_conversions_are_exact(group, n, k, w_exp, seed):
     g = torch.Generator().manual_seed(seed)
     ck = quantize_awq(torch.randn(8 * n, 32 * k, generator=g) * 10.0 ** w_exp, group)
@@ -135,7 +98,7 @@ def test_gptq_reference_propagates_nan_inf(c, bad, where):
 
     g = torch.Generator().manual_seed(c["seed"])
     ck = gptq_checkpoint({**c, "w_scale": 1.0}, g)
-    n0 = m0 = None
+    n0 = None
     if where == "scale":
         n0 = int(torch.randint(0, c["n"], (1,), generator=g))
         ck["scales"][int(torch.randint(0, ck["scales"].shape[0], (1,), generator=g)), n0] = float(bad)
@@ -143,11 +106,8 @@ def test_gptq_reference_propagates_nan_inf(c, bad, where):
     layer = QuantLinear.from_gptq(ck["qweight"], ck["qzeros"], ck["scales"], ck["g_idx"], bits=c["bits"],
                                   group_size=c["group"], sym=c["sym"], checkpoint_format=c["fmt"])
     x = activations("normal", c["m"], c["k"], g)
-    xs = x.clone()
-    if where == "x":
-        m0 = int(torch.randint(0, c["m"], (1,), generator=g))
-        xs[m0, int(torch.randint(0, c["k"], (1,), generator=g))] = float(bad)
-    check_propagation(layer(xs), x, w, m0, n0, f"{c} {bad} in {where}")
+    xs, m0 = spoil_x(x, bad, g) if where == "x" else (x, None)
+    check_propagation(layer(xs), x, w, m0, n0, f"{c} {bad} in {where}", bound)
 
 
 def test_nonfinite_weights_are_refused_by_the_quantizers():
@@ -168,7 +128,7 @@ def gguf_bytes(draw):
     qtype = draw(st.sampled_from(GGUF_TYPES))
     qt = G.TYPES[qtype]
     n, kb = draw(st.integers(1, 6)), draw(st.integers(1, 4))
-    g = torch.Generator().manual_seed(draw(st.integers(0, 2 ** 31 - 1)))
+    g = torch.Generator().manual_seed(draw(SEEDS))
     raw = torch.randint(0, 256, (n, kb, qt.nbytes), dtype=torch.uint8, generator=g)
     if draw(st.booleans()):        # mostly finite, small d: the realistic case, with +-0 and subnormals
         for f in qt.fields:
@@ -202,8 +162,7 @@ def test_gguf_dequantize_equals_gguf_py_on_arbitrary_bytes(case):
 def gguf_linear_cases(draw):
     qtype = draw(st.sampled_from(GGUF_TYPES))
     return dict(qtype=qtype, n=draw(st.integers(1, 40)), k=G.TYPES[qtype].block * draw(st.integers(1, 4)),
-                m=draw(st.integers(1, 12)), x=draw(st.sampled_from(["normal", "large", "tiny", "mixed"])),
-                seed=draw(st.integers(0, 2 ** 31 - 1)))
+                m=draw(st.integers(1, 12)), x=draw(PROFILES), seed=draw(SEEDS))
 
 
 @settings(max_examples=50, **SETTINGS)
@@ -213,25 +172,16 @@ def test_gguf_reference_linear_matches_float64_and_propagates_nan_inf(c, bad, wh
 
     g = torch.Generator().manual_seed(c["seed"])
     raw = G.random_blocks(c["qtype"], c["n"], c["k"], generator=g)
-    qt = G.TYPES[c["qtype"]]
-    n0 = m0 = None
-    if bad and where == "scale":
-        d = next(f for f in qt.fields if f.kind.startswith("f16"))
-        n0 = int(torch.randint(0, c["n"], (1,), generator=g))
-        at = int(torch.randint(0, c["k"] // qt.block, (1,), generator=g)) * qt.nbytes + d.offset
-        raw[n0, at:at + 2] = torch.tensor([F16_BAD[bad] & 0xFF, F16_BAD[bad] >> 8], dtype=torch.uint8)
+    n0 = spoil_gguf_scale(raw, c["qtype"], bad, g) if bad and where == "scale" else None
     w = G.dequantize(raw, c["qtype"]).double()
     x = activations(c["x"] if not bad else "normal", c["m"], c["k"], g)
-    xs = x.clone()
-    if bad and where == "x":
-        m0 = int(torch.randint(0, c["m"], (1,), generator=g))
-        xs[m0, int(torch.randint(0, c["k"], (1,), generator=g))] = float(bad)
+    xs, m0 = spoil_x(x, bad, g) if bad and where == "x" else (x, None)
     out = GGUFLinear.from_raw(raw, c["qtype"])(xs)
     assert out.dtype == torch.float16 and out.shape == (c["m"], c["n"])
     if bad:
-        check_propagation(out, x, w, m0, n0, f"{c} {bad} in {where}")
+        check_propagation(out, x, w, m0, n0, f"{c} {bad} in {where}", bound)
     else:
-        check(out, x.double() @ w.t(), x, w, f"{c}")
+        check_linear(out, x, w, f"{c}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -239,8 +189,7 @@ def test_gguf_reference_linear_matches_float64_and_propagates_nan_inf(c, bad, wh
 
 @settings(max_examples=40, **SETTINGS)
 @given(n=st.integers(1, 64), k=st.integers(1, 64), m=st.integers(1, 20), bad=st.one_of(st.none(), BAD),
-       where=st.sampled_from(["x", "weight"]), profile=st.sampled_from(["normal", "large", "tiny", "mixed"]),
-       seed=st.integers(0, 2 ** 31 - 1))
+       where=st.sampled_from(["x", "weight"]), profile=PROFILES, seed=SEEDS)
 def test_dense_reference_matches_float64_and_propagates_nan_inf(n, k, m, bad, where, profile, seed):
     from jitkern.nn_dense import dense_linear
 
@@ -248,15 +197,10 @@ def test_dense_reference_matches_float64_and_propagates_nan_inf(n, k, m, bad, wh
     k *= 8
     w = torch.randn(n, k, generator=g).half()
     x = activations(profile if not bad else "normal", m, k, g)
-    ws, xs, m0, n0 = w.clone(), x.clone(), None, None
-    if bad and where == "weight":
-        n0 = int(torch.randint(0, n, (1,), generator=g))
-        ws[n0, int(torch.randint(0, k, (1,), generator=g))] = float(bad)
-    elif bad:
-        m0 = int(torch.randint(0, m, (1,), generator=g))
-        xs[m0, int(torch.randint(0, k, (1,), generator=g))] = float(bad)
+    ws, n0 = spoil_x(w, bad, g) if bad and where == "weight" else (w, None)    # a weight of column n0
+    xs, m0 = spoil_x(x, bad, g) if bad and where == "x" else (x, None)
     out = dense_linear(xs, ws)
     if bad:
-        check_propagation(out, x, w.double(), m0, n0, f"{bad} in {where}")
+        check_propagation(out, x, w.double(), m0, n0, f"{bad} in {where}", bound)
     else:
-        check(out, x.double() @ w.double().t(), x, w.double(), profile)
+        check_linear(out, x, w.double(), profile)
