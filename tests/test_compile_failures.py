@@ -96,7 +96,7 @@ def _assert_one_actionable_message(res: dict, library: str, hint: str) -> None:
     assert lines[0].startswith("jitkern warmup: error: ") and hint in lines[0] and library in lines[0], lines
 
 
-@requires_hiprtc                       # hip-python present (its absence: tests/test_core.py); the library not
+@requires_hiprtc          # hip-python installed, the library it loads missing (no hip-python: test_core.py)
 def test_hiprtc_library_missing(fresh_cache, tmp_path):
     empty = tmp_path / "rocm"
     (empty / "lib").mkdir(parents=True)              # a ROCm root with no libhiprtc.so in it
