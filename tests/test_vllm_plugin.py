@@ -81,6 +81,7 @@ def stock_runs(models, run):
 def test_same_tokens_as_vllm_own_kernels(kind, jitkern_runs, stock_runs):
     assert sum(stock_runs[kind]["calls"].values()) == 0    # VLLM_PLUGINS="": jitkern not involved
     assert jitkern_runs[kind]["calls"]["gptq_linear"] > 0  # the jitkern::gptq_linear op served it
+    assert jitkern_runs[kind]["dense_rows"].keys() == {"lm_head"}   # its unquantized lm_head: dense op
     assert jitkern_runs[kind]["tokens"] == stock_runs[kind]["tokens"]
 
 
