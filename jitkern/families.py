@@ -114,7 +114,22 @@ def _gguf_consts(spec) -> dict:
     for f in qt.header_fields:                  # plane f starts at byte nb * planes[f] of a header row
         planes[f.name] = off
         off += f.size
-    return {"threads": 256, "block": qt.block, "qb": qt.quant_bytes, "planes": planes}
+    # NVIDIA sm_80+ GEMV: tensor cores on fp16 activations (no quantize launch).  A warp owns one 16-row
+    # tile, or two for the 256-element block types from M = 3 (each x load then serves 32 rows: half the
+    # x traffic; H100: Q6_K M=8 0.66 -> 0.75, Q4_K 0.64 -> 0.67 of fp16, while Q4_0 and Q8_0 gained
+    # nothing), in blocks of up to 256 / 512 threads (<= 128 registers).  A lane loads `unroll` slices
+    # of each of its rows before decoding: 8 slices (4 of 2 rows, 2 of 4) where a slice is one 16-byte
+    # vector, half that for the two- and three-vector slices of Q3_K, Q5_K and Q6_K.
+    mma = spec.family == "gguf_gemv" and spec.target.vendor == "nvidia" and spec.target.sm >= 80
+    tiles = 2 if spec.m >= 3 and qt.block == 256 else 1
+    unroll = (4 if spec.fmt not in ("q3_k", "q5_k", "q6_k") else 2) // tiles
+    if spec.fmt in ("q4_k", "q5_k", "iq4_xs"):      # a step covers whole 8-slice blocks
+        unroll = max(unroll, 2)
+    # integer path (gfx906 first): 8 rows of 32 lanes a block; activation vectors of `token_batch`
+    # rows are loaded together
+    return {"threads": 256, "block": qt.block, "qb": qt.quant_bytes, "planes": planes, "mma": mma,
+            "token_batch": 2, "tiles": tiles, "max_threads": 256 * tiles, "min_blocks": 3 - tiles,
+            "unroll": unroll}
 
 
 # Activations -> int8 planes (Q8_1 quants + residual) and per-16 (d/254, sum) for the GGUF GEMV.

@@ -1,12 +1,21 @@
-"""GGUF linear: activation quantization + integer-dot GEMV for 1..8 rows, dequantize + BLAS GEMM above,
-float32 reference on CPU.
+"""GGUF linear: GEMV for 1..8 rows, dequantize + BLAS GEMM above, float32 reference on CPU.
 
-Error budget of the GEMV (kernel-spec §1.3.4): activations are quantized per 32 to Q8_1 int8 quants
-(d = amax/127) *plus* a second int8 plane holding the rounding residual at d/254, so each activation
-is represented to within amax/64516 (about 1.5e-5 of amax); integer dot products are exact and the
-per-16 scale products and sums are fp32.  Expected ‖out−ref‖/‖ref‖ against a float64 product of the
-dequantized weights is ~1e-5 plus the fp16 rounding of the output (≤ 2^-11 per element): well inside
-2e-3.  (llama.cpp's single-plane Q8_1 costs ~5e-3 on Gaussian activations.)
+Two GEMV paths, picked by the target (``families._gguf_consts``: ``mma``):
+
+* NVIDIA sm_80+ (tensor cores): fp16 activations go straight to the kernel (no quantization launch);
+  each 16-element weight group is decoded to fp16 ``y = a*v + c`` (v exact, then one fp16 rounding)
+  and multiplied on mma m16n8k16 with fp32 accumulation.  Error budget against a float64 product of
+  the dequantized weights: a and c rounded to fp16 (≤ 2^-12 relative, a per-group factor) and y
+  rounded to fp16 (≤ 2^-12 relative per element), random in sign, so ‖out−ref‖/‖ref‖ is ~2-3e-4
+  (the host model in tests/gguf_host.py measures that for all 12 types) plus the fp16 rounding of the
+  output (≤ 2^-12 per element, ~1.4e-4 rms): ~3-4e-4, inside 2e-3.  Groups whose fp16 factor a falls
+  below 2^-14 (subnormal) lose relative precision, but their weights are then below 2^-14 · |v| too.
+* Everything else (gfx906 first: v_dot4_i32_i8): activations are quantized per 32 to Q8_1 int8 quants
+  (d = amax/127, kernel-spec §1.3.4) *plus* a second int8 plane holding the rounding residual at
+  d/254, so each activation is represented to within amax/64516 (about 1.5e-5 of amax); integer dot
+  products are exact and the per-16 scale products and sums are fp32.  Expected error ~1e-5 plus the
+  fp16 rounding of the output: well inside 2e-3.  (llama.cpp's single-plane Q8_1 costs ~5e-3 on
+  Gaussian activations.)
 
 Kernels are resolved once per (type, device) in ``prepare`` so a forward only looks up a dict.
 """
@@ -18,6 +27,7 @@ import torch
 
 from .. import env
 from ..arch import resolve
+from ..families import get_family
 from ..formats.checks import expect, expect_tensor
 from ..formats.gguf import GGUFLayout, dequantize_layout, gguf_type
 from ..runtime import get_kernel
@@ -25,17 +35,24 @@ from ..spec import KernelSpec
 
 MAX_GEMV_M = 8
 THREADS = 256
-ROWS_PER_BLOCK = THREADS // 32     # gguf_gemv: 32 lanes per output row
+ROWS_PER_BLOCK = THREADS // 32     # gguf_gemv integer path: 32 lanes per output row
+MMA_ROWS = 16                      # gguf_gemv tensor-core path: rows of one m16n8k16 A tile
 SLICES = {"Q4_0": 1, "Q4_1": 1, "Q5_0": 1, "Q5_1": 1, "IQ4_NL": 1, "Q8_0": 2, "Q2_K": 4, "Q3_K": 4,
           "Q6_K": 4, "Q4_K": 8, "Q5_K": 8, "IQ4_XS": 8}   # slices per block (gguf_types.h.j2)
 
 
+def uses_mma(arch: str) -> bool:
+    """True where the GEMV runs on tensor cores with fp16 activations (no activation quantizer)."""
+    return bool(get_family("gguf_gemv").consts(KernelSpec("gguf_gemv", "q4_0", arch=arch))["mma"])
+
+
 def kernel_specs(qtype, arch: str, max_m: int = MAX_GEMV_M) -> list[KernelSpec]:
-    """Every kernel one GGUF type can hit: GEMV for M = 1..max_m, the activation quantizer and the
-    fp16 dequantizer (prefill)."""
+    """Every kernel one GGUF type can hit: GEMV for M = 1..max_m, the activation quantizer (integer
+    path only) and the fp16 dequantizer (prefill)."""
     fmt = gguf_type(qtype).name.lower()
     specs = [KernelSpec("gguf_gemv", fmt, m=m, arch=arch) for m in range(1, min(max_m, MAX_GEMV_M) + 1)]
-    specs.append(KernelSpec("q8_1_quantize", "q8_1", arch=arch))
+    if not uses_mma(arch):
+        specs.append(KernelSpec("q8_1_quantize", "q8_1", arch=arch))
     specs.append(KernelSpec("gguf_dequant", fmt, act="f16", arch=arch))
     return specs
 
@@ -91,10 +108,11 @@ def check_layout(layout: GGUFLayout, x: Optional[torch.Tensor] = None, bias=None
 
 
 def quantize_activations(x: torch.Tensor):
-    """fp16 x [M, K] -> (xq int8 [M, 2, K], xm float32 [M, K/16, 2]) for the GEMV."""
+    """fp16 x [M, K] -> (xq int8 [K/16, M, 32], xm float32 [K/16, M, 2]) for the integer GEMV:
+    per 16-element group and row, 16 hi bytes then 16 lo bytes, and (d/254, sum of the 16 x)."""
     m, k = x.shape
-    xq = torch.empty(m, 2, k, dtype=torch.int8, device=x.device)
-    xm = torch.empty(m, k // 16, 2, dtype=torch.float32, device=x.device)
+    xq = torch.empty(k // 16, m, 32, dtype=torch.int8, device=x.device)
+    xm = torch.empty(k // 16, m, 2, dtype=torch.float32, device=x.device)
     kernel = prepare_quantizer(x.device)
     blocks = (m * (k // 32) + THREADS - 1) // THREADS
     kernel((blocks,), (THREADS,), x, xq, xm, m, k, x.stride(0))
@@ -118,15 +136,42 @@ def gemv(x: torch.Tensor, layout: GGUFLayout, bias: Optional[torch.Tensor] = Non
     m = x.shape[0]
     expect(1 <= m <= MAX_GEMV_M, "x", f"1..{MAX_GEMV_M} rows for the GEMV", m)
     kernel = prepare(layout, x.device)[("gemv", m)]
-    xq, xm = quantize_activations(x)
     if out is None:
         out = torch.empty(m, layout.n, dtype=torch.float16, device=x.device)
     expect_tensor("out", out, dtype=torch.float16, shape=(m, layout.n), device=x.device)
     expect(out.is_contiguous(), "out", "a contiguous tensor", out.stride())
+    if kernel.consts["mma"]:
+        rows = MMA_ROWS * kernel.consts["tiles"]          # a block's rows; its warps split K
+        blocks = (layout.n + rows - 1) // rows
+        warps = mma_warps(kernel, blocks, x.device)
+        kernel((blocks,), (32 * warps,), layout.qs, layout.hdr, x, bias, out, layout.n, layout.k,
+               layout.header_row_bytes, x.stride(0), shared=4 * warps * m * rows)
+        return out
+    xq, xm = quantize_activations(x)
     grid = ((layout.n + ROWS_PER_BLOCK - 1) // ROWS_PER_BLOCK,)
     kernel(grid, (THREADS,), layout.qs, layout.hdr, xq, xm, bias, out, layout.n, layout.k,
            layout.header_row_bytes)
     return out
+
+
+_warps: dict = {}
+
+
+def mma_warps(kernel, blocks: int, device) -> int:
+    """Warps splitting K in a block of the tensor-core GEMV: as many as keep all blocks resident in one
+    wave (N = 6144 in 8-warp blocks would need 1.5 waves, the last one half empty); where even 1-warp
+    blocks need several waves, the most a block takes (many waves, small tail)."""
+    key = (id(kernel), blocks)
+    found = _warps.get(key)
+    if found is None:
+        sms = torch.cuda.get_device_properties(device).multi_processor_count
+        most = found = kernel.consts["max_threads"] // 32
+        while found > 1 and blocks > sms * kernel.resident_blocks(32 * found):
+            found //= 2
+        if blocks > sms * kernel.resident_blocks(32 * found):
+            found = most
+        _warps[key] = found
+    return found
 
 
 def dequantize(layout: GGUFLayout, row0: int = 0, rows: Optional[int] = None,
