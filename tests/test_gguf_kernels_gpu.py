@@ -79,7 +79,7 @@ def test_gemv_kernels_do_not_spill():
 def test_gemm_small_workspace(monkeypatch, seed):
     g = torch.Generator().manual_seed(seed)
     raw, lay, ref = _weights("Q4_K", 100, 512, g)
-    monkeypatch.setenv("JITKERN_WORKSPACE_MB", "0")      # forces 8-row strips
+    monkeypatch.setenv("JITKERN_WORKSPACE_MB", "0")      # forces 64-row strips
     x = torch.randn(12, 512, generator=g).half()
     assert rel_err(ops.gemm(x.cuda(), lay), x.double() @ ref.double().t()) < 2e-3
 

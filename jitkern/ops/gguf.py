@@ -37,8 +37,7 @@ MAX_GEMV_M = 8
 THREADS = 256
 ROWS_PER_BLOCK = THREADS // 32     # gguf_gemv integer path: 32 lanes per output row
 MMA_ROWS = 16                      # gguf_gemv tensor-core path: rows of one m16n8k16 A tile
-SLICES = {"Q4_0": 1, "Q4_1": 1, "Q5_0": 1, "Q5_1": 1, "IQ4_NL": 1, "Q8_0": 2, "Q2_K": 4, "Q3_K": 4,
-          "Q6_K": 4, "Q4_K": 8, "Q5_K": 8, "IQ4_XS": 8}   # slices per block (gguf_types.h.j2)
+MAX_GRID_Y = 65535                 # gguf_dequant: one block row per output row
 
 
 def uses_mma(arch: str) -> bool:
@@ -186,26 +185,28 @@ def dequantize(layout: GGUFLayout, row0: int = 0, rows: Optional[int] = None,
     if rows == 0:
         return out
     kernel = _kernel(layout, layout.qs.device, ("dequant", act))
-    items = rows * (layout.k // layout.type.block) * SLICES[layout.qtype]
-    kernel(((items + THREADS - 1) // THREADS,), (THREADS,), layout.qs, layout.hdr, out, rows, layout.k,
-           layout.header_row_bytes, row0, out.stride(0))
+    per_row = (layout.k // 8 + THREADS - 1) // THREADS     # one thread per 8 outputs (gguf_dequant.hip.j2)
+    for r in range(0, rows, MAX_GRID_Y):
+        kernel((per_row, min(MAX_GRID_Y, rows - r)), (THREADS,), layout.qs, layout.hdr, out[r:], rows - r,
+               layout.k, layout.header_row_bytes, row0 + r, out.stride(0))
     return out
 
 
 def gemm(x: torch.Tensor, layout: GGUFLayout, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Prefill: dequantize row strips into a bounded fp16 workspace, multiply each with BLAS."""
+    """Prefill: dequantize row strips into a bounded fp16 workspace (JITKERN_WORKSPACE_MB), multiply
+    each with BLAS straight into its columns of the output (bias in the GEMM's epilogue)."""
     out = torch.empty(x.shape[0], layout.n, dtype=torch.float16, device=x.device)
-    per_chunk = max(ROWS_PER_BLOCK, env.workspace_bytes() // (layout.k * 2))
-    if per_chunk >= layout.n:
-        torch.matmul(x, dequantize(layout).t(), out=out)
-    else:
-        ws = torch.empty(per_chunk, layout.k, dtype=torch.float16, device=x.device)
-        for r0 in range(0, layout.n, per_chunk):
-            rows = min(per_chunk, layout.n - r0)
-            w = dequantize(layout, r0, rows, out=ws[:rows])
-            out[:, r0:r0 + rows] = x @ w.t()
-    if bias is not None:
-        out += bias
+    # whole 64-row strips: each strip's output columns start 128-byte aligned for cuBLAS
+    per_chunk = max(64, env.workspace_bytes() // (layout.k * 2) // 64 * 64)
+    ws = None if per_chunk >= layout.n else torch.empty(per_chunk, layout.k, dtype=torch.float16, device=x.device)
+    for r0 in range(0, layout.n, per_chunk):
+        rows = min(per_chunk, layout.n - r0)
+        w = dequantize(layout, r0, rows, out=None if ws is None else ws[:rows])
+        dst = out if ws is None else out[:, r0:r0 + rows]      # row stride N: cuBLAS writes it in place
+        if bias is None:
+            torch.mm(x, w.t(), out=dst)
+        else:
+            torch.addmm(bias[r0:r0 + rows], x, w.t(), out=dst)
     return out
 
 
