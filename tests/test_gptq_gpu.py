@@ -65,6 +65,28 @@ def test_fp16_overflow_partial_sums_stay_finite(seed):
     assert rel_err(out, ref) < 1e-3
 
 
+@pytest.mark.parametrize("m", [37, 100])          # the Triton prefill, then dequantize + cuBLAS
+def test_prefill_partial_sums_beyond_fp16_stay_finite(seed, m):
+    """Each half of K sums to ~+1e5 and ~-1e5 while the outputs are ~1e3: an fp16 split-K reduction
+    (cuBLAS's default under torch) would overflow to inf.  Error bound: the sum of |terms| sets the
+    scale of any correct fp16-input, fp32-accumulate result."""
+    g = torch.Generator().manual_seed(seed)
+    k = 4096
+    w = 0.05 + 0.01 * torch.randn(64, k, generator=g)
+    ck = quantize_gptq(w, 8, 128, sym=True, act_order=False, checkpoint_format="gptq", generator=g)
+    ref_w = dequantize_gptq(ck["qweight"], ck["qzeros"], ck["scales"], ck["g_idx"], 8, 128, "gptq")
+    layout = gptq_to_layout(ck["qweight"], ck["qzeros"], ck["scales"], ck["g_idx"], 8, 128, True).to(DEV)
+    sign = torch.cat([torch.ones(k // 2), -torch.ones(k // 2)])
+    x = ((torch.rand(m, k, generator=g) * 100 + 900) * sign).half()
+    halves = x[:, : k // 2].double() @ ref_w[:, : k // 2].T
+    assert halves.abs().min() > 65504, "test data must overflow fp16 partial sums"
+    ref = x.double() @ ref_w.T
+    out = ops.linear(x.to(DEV), layout)
+    assert torch.isfinite(out).all(), f"m={m}: inf/nan in the prefill output"
+    scale = (x.double().abs() @ ref_w.abs().T).max()
+    assert (out.cpu().double() - ref).abs().max() < 1e-4 * scale, f"m={m} seed={seed}"
+
+
 def test_awq_equals_its_gptq_conversion(seed):
     g = torch.Generator().manual_seed(seed)
     w = torch.randn(256, 512, generator=g)

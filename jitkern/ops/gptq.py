@@ -10,7 +10,7 @@ import torch
 from .. import env
 from ..formats.layout import TILE_N, IntLayout
 from ..runtime import get_kernel
-from . import int_gemm_triton, splitk
+from . import blas, int_gemm_triton, splitk
 from ..spec import KernelSpec
 from ..arch import resolve
 
@@ -119,11 +119,11 @@ def gemm(x: torch.Tensor, layout: IntLayout, bias: torch.Tensor | None = None) -
     tiles_total = layout.n_pad // TILE_N
     tiles_per_chunk = max(1, env.workspace_bytes() // (layout.k * TILE_N * 2))
     if tiles_per_chunk >= tiles_total:
-        torch.matmul(xp, dequantize(layout), out=out)
+        blas.matmul(xp, dequantize(layout), out=out)
     else:
         for t0 in range(0, tiles_total, tiles_per_chunk):
             wt = dequantize(layout, t0, min(tiles_per_chunk, tiles_total - t0))
-            out[:, t0 * TILE_N: t0 * TILE_N + wt.shape[1]] = xp @ wt
+            out[:, t0 * TILE_N: t0 * TILE_N + wt.shape[1]] = blas.matmul(xp, wt)
     if bias is not None:
         out += bias
     return out
