@@ -26,6 +26,7 @@ from typing import Optional
 import torch
 
 from .. import env
+from . import blas
 from ..arch import resolve
 from ..families import get_family
 from ..formats.checks import expect, expect_tensor
@@ -203,10 +204,11 @@ def gemm(x: torch.Tensor, layout: GGUFLayout, bias: Optional[torch.Tensor] = Non
         rows = min(per_chunk, layout.n - r0)
         w = dequantize(layout, r0, rows, out=None if ws is None else ws[:rows])
         dst = out if ws is None else out[:, r0:r0 + rows]      # row stride N: cuBLAS writes it in place
-        if bias is None:
-            torch.mm(x, w.t(), out=dst)
-        else:
-            torch.addmm(bias[r0:r0 + rows], x, w.t(), out=dst)
+        with blas.fp32_reductions():                            # no fp16 split-K partials (inf)
+            if bias is None:
+                torch.mm(x, w.t(), out=dst)
+            else:
+                torch.addmm(bias[r0:r0 + rows], x, w.t(), out=dst)
     return out
 
 
