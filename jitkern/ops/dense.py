@@ -56,11 +56,11 @@ def prepare(device=None, arch: Optional[str] = None) -> dict:
     return found
 
 
-def _block(tiles: int, k: int, wave: int, device_index: int) -> int:
-    """Threads per block (4..512/wave warps splitting K): enough that even small N fills every SM,
-    while each warp keeps at least two 64-half units of K to stream."""
+def _block(tiles: int, k: int, wave: int, device_index: int, max_threads: int = 512) -> int:
+    """Threads per block (4..max_threads/wave warps splitting K): enough that even small N fills every
+    SM, while each warp keeps at least two 64-half units of K to stream."""
     threads = 4 * wave
-    while threads * 2 <= 512 and tiles * threads < _resident[device_index] and threads * 4 // wave <= k // WAVE_UNIT:
+    while threads * 2 <= max_threads and tiles * threads < _resident[device_index] and threads * 4 // wave <= k // WAVE_UNIT:
         threads *= 2
     return threads
 
@@ -94,7 +94,9 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = N
     m, (n, k) = x.shape[0], weight.shape
     tiles = (n + kernels["rows"] - 1) // kernels["rows"]
     out = torch.empty(m, n, dtype=torch.float16, device=x.device)
-    kernels[m]((tiles,), (_block(tiles, k, kernels[m].spec.wave, x.device.index),), x, weight, bias, out, k, n, x.stride(0))
+    kernel = kernels[m]
+    threads = _block(tiles, k, kernel.spec.wave, x.device.index, kernel.consts["max_threads"])
+    kernel((tiles,), (threads,), x, weight, bias, out, k, n, x.stride(0))
     return out if dtype == torch.float16 else out.to(dtype)
 
 
