@@ -64,10 +64,13 @@ def entries() -> list[Item]:
     for d in sorted(p for p in base.iterdir() if p.is_dir()):
         for b in sorted(d.glob("*.bin")):
             j = b.with_suffix(".json")
-            meta, size = None, 0
+            meta = None
             try:
-                size = b.stat().st_size
-                created = b.stat().st_mtime
+                st = b.stat()
+            except FileNotFoundError:                    # removed since the listing (a concurrent prune)
+                continue
+            size, created = st.st_size, st.st_mtime
+            try:
                 if j.exists():
                     size += j.stat().st_size
                     meta = json.loads(j.read_text())
