@@ -70,4 +70,9 @@ def device_arch(device=None) -> str:
 
 def resolve(arch: str | None = None, device=None) -> Target:
     """arch= argument, else JITKERN_ARCH, else the GPU's."""
-    return parse(arch or env.arch_override() or device_arch(device))
+    if arch is None and env.arch_override():
+        try:
+            return parse(env.arch_override())
+        except ValueError as e:
+            raise ValueError(f"JITKERN_ARCH: {e}") from None
+    return parse(arch or device_arch(device))

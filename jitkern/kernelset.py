@@ -45,14 +45,12 @@ def max_batch(args) -> int:
 
 def target_arch(args) -> str:
     """--arch, else JITKERN_ARCH, else the local GPU; a clear error when there is none."""
-    from .arch import parse
+    from .arch import parse, resolve
 
-    if args.arch or env.arch_override():
-        return parse(args.arch or env.arch_override()).arch
-    from .arch import resolve
-
+    if args.arch:
+        return parse(args.arch).arch
     try:
-        return resolve().arch
+        return resolve().arch                  # JITKERN_ARCH (named in its error), else the GPU
     except RuntimeError:
         raise ModelError("no GPU found: pass --arch (e.g. --arch gfx906 or --arch sm_90) "
                          "or set JITKERN_ARCH") from None

@@ -28,13 +28,23 @@ Examples:
 """
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive number of processes")
+    return value
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser("warmup", help="compile every kernel a model needs into the cache",
                        description=__doc__.splitlines()[0], epilog=EXAMPLES,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     kernelset.add_source_args(p)
     o = p.add_argument_group("run")
-    o.add_argument("--jobs", "-j", type=int, default=os.cpu_count() or 1, help="compiler processes (default: CPU count)")
+    o.add_argument("--jobs", "-j", type=_positive, default=os.cpu_count() or 1, help="compiler processes (default: CPU count)")
     o.add_argument("--dry-run", action="store_true", help="list the kernels and whether each is cached; compile nothing")
     o.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     o.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
