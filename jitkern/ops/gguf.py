@@ -26,7 +26,7 @@ from typing import Optional
 import torch
 
 from .. import env
-from . import blas
+from . import blas, splitk
 from ..arch import resolve
 from ..families import get_family
 from ..formats.checks import expect, expect_tensor
@@ -164,7 +164,7 @@ def mma_warps(kernel, blocks: int, device) -> int:
     key = (id(kernel), blocks)
     found = _warps.get(key)
     if found is None:
-        sms = torch.cuda.get_device_properties(device).multi_processor_count
+        sms = splitk.multiprocessors(device)
         most = found = kernel.consts["max_threads"] // 32
         while found > 1 and blocks > sms * kernel.resident_blocks(32 * found):
             found //= 2

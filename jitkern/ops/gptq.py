@@ -40,9 +40,9 @@ def kernel_specs(bits: int, group: int, sym: bool, act_order: bool, arch: str,
 _kernels: dict[tuple, dict] = {}
 
 
-def prepare(layout: IntLayout, device=None, arch: str | None = None) -> dict:
-    """Compile (or load from cache) and load every kernel the layout's variant needs on a device."""
-    device = torch.device(device if device is not None else layout.qweight.device)
+def _variant_kernels(layout: IntLayout, device, arch: str | None = None) -> dict:
+    """The loaded kernels of the layout's variant on a device (compiled or loaded from the cache once):
+    a dict lookup on every call after the first."""
     v = variant(layout)
     key = (tuple(v.values()), device)
     found = _kernels.get(key)
@@ -51,6 +51,14 @@ def prepare(layout: IntLayout, device=None, arch: str | None = None) -> dict:
         specs = kernel_specs(v["bits"], v["group"], v["sym"], v["act_order"], target.arch)
         found = {("gemv", s.m) if s.family == "gptq_gemv" else "dequant": get_kernel(s, device) for s in specs}
         _kernels[key] = found
+    return found
+
+
+def prepare(layout: IntLayout, device=None, arch: str | None = None) -> dict:
+    """Everything one layer can hit, done when it is loaded (before any graph capture): compile or load
+    its variant's kernels, size the split-K workspace for its shape, compile its Triton prefill."""
+    device = torch.device(device if device is not None else layout.qweight.device)
+    found = _variant_kernels(layout, device, arch)
     if device.type == "cuda":
         _reserve_workspace(found, layout, device)
         if _fused_prefill(layout, device):
@@ -66,17 +74,19 @@ def _launch_shape(kernel, layout: IntLayout, device) -> tuple[int, int]:
 
 def _reserve_workspace(kernels: dict, layout: IntLayout, device) -> None:
     """Size the split-K workspace for every GEMV of this layer now, outside any graph capture."""
-    tiles = layout.n_pad // TILE_N
-    need = [m * layout.n_pad * _launch_shape(kernels[("gemv", m)], layout, device)[1]
-            for m in range(1, MAX_GEMV_M + 1) if _launch_shape(kernels[("gemv", m)], layout, device)[1] > 1]
+    need = 0
+    for m in range(1, MAX_GEMV_M + 1):
+        splits = _launch_shape(kernels[("gemv", m)], layout, device)[1]
+        if splits > 1:                                 # an unsplit launch needs no workspace
+            need = max(need, splits * m * layout.n_pad)
     if need:
-        splitk.workspace(device, max(need), tiles)
+        splitk.workspace(device, need, layout.n_pad // TILE_N)
 
 
 def gemv(x: torch.Tensor, layout: IntLayout, bias: torch.Tensor | None = None) -> torch.Tensor:
     """y = x @ W.T for 1 <= M <= 8 rows; x fp16 [M, k_in] contiguous on the layout's device."""
     m = x.shape[0]
-    kernel = prepare(layout, x.device)[("gemv", m)]
+    kernel = _variant_kernels(layout, x.device)[("gemv", m)]
     out = torch.empty(m, layout.n, dtype=torch.float16, device=x.device)
     tiles = layout.n_pad // TILE_N
     threads, splits = _launch_shape(kernel, layout, x.device)
@@ -95,7 +105,7 @@ def dequantize(layout: IntLayout, tile0: int = 0, tiles: int | None = None,
     width = min(layout.n, (tile0 + tiles) * TILE_N) - tile0 * TILE_N
     if out is None:
         out = torch.empty(layout.k, width, dtype=torch.float16, device=layout.qweight.device)
-    kernel = prepare(layout)["dequant"]
+    kernel = _variant_kernels(layout, layout.qweight.device)["dequant"]
     threads = kernel.consts["threads"]
     units_per_block = threads // 32
     grid = ((tiles + 3) // 4, (layout.k // 32 + units_per_block - 1) // units_per_block)
