@@ -138,7 +138,7 @@ IMPLS = {
 def extra_impls() -> dict:
     """Families that register their own benchmark entries (GGUF, dense GEMV) when present."""
     found = {}
-    for mod in ("jitkern.ops.gguf", "jitkern.ops.dense"):
+    for mod in ("jitkern.ops.gguf", "jitkern.ops.dense", "jitkern.bench_floor"):
         try:
             module = __import__(mod, fromlist=["BENCH_IMPLS"])
             found.update(getattr(module, "BENCH_IMPLS", {}))

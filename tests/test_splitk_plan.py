@@ -26,13 +26,15 @@ def h100(monkeypatch):
 
 @pytest.mark.parametrize("tiles,units,expect", [
     (128, 128, (512, 1)),     # N = K = 4096: a block a tile already fills 128 of 132 SMs
-    (896, 128, (256, 1)),     # N = 28672: many tiles; 512-thread blocks would hold fewer warps resident
+    (896, 128, (128, 1)),     # N = 28672: no block size fits in one wave; the smallest
+    (192, 128, (256, 1)),     # N = 6144: 256-thread blocks are all resident at once, 512 are not
+    (320, 256, (128, 1)),     # N = 10240: only 128-thread blocks fit in one wave
     (32, 448, (512, 4)),      # N = 1024, K = 14336: 32 tiles on 132 SMs split K four ways
     (64, 256, (512, 2)),      # N = 2048, K = 8192
     (32, 8, (128, 1)),        # K = 256: too little K for more warps or any split
 ])
 def test_plan(h100, tiles, units, expect):
-    got = splitk.plan(FakeKernel(registers=64), tiles, units, torch.device("cpu"))
+    got = splitk.plan(FakeKernel(registers=116), tiles, units, torch.device("cpu"))
     assert got == expect
     threads, splits = got
     assert (threads // 32) * splits * 4 <= max(units, 4 * 4), "every warp streams at least one step"
