@@ -94,9 +94,13 @@ def _dense_consts(spec) -> dict:
     # plus half->float conversions cannot keep up with HBM3 at M = 8..16.  Everything else uses jk_dot2.
     # Blocks of at most 256 threads at M <= 4 on tensor cores: more, smaller blocks resident (H100:
     # M=1 0.94 -> 0.97, M=4 0.92 -> 1.00 of cuBLAS; M = 8, 16 do better with 512).
+    # Tensor cores keep two steps of U units in flight (weights + x).  H100, ratio to cuBLAS with U = 2:
+    # M=1 0.96 -> 1.06, M=2 0.92 -> 1.04, M=8 0.94 -> 0.99 (U = 4: ~160 registers, one block an SM,
+    # 0.98-0.99).  M > 8 holds x rows g + 8 as well: U = 1 (M=12 0.95 -> 1.04; U = 2: M=16 0.92).
     mma = spec.target.vendor == "nvidia" and spec.target.sm >= 80
+    unroll = (2 if spec.m <= 8 else 1) if mma else 4
     return {"max_threads": 256 if mma and spec.m <= 4 else 512, "rows": 8 if mma else spec.wave // 8, "mma": mma,
-            "unroll": 2 if mma and spec.m > 8 else 4, "occupancy": 4}
+            "unroll": unroll, "occupancy": 4}
 
 
 # Unquantized fp16 GEMV for 1..16 rows over PyTorch-layout weights [N, K] (lm_head, dense layers).
