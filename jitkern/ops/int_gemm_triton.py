@@ -60,22 +60,24 @@ if triton is not None:
         col_base = (offs_n // TILE) * word_rows * TILE + offs_n % TILE
         i = tl.arange(0, PER)
         shift = tl.reshape(BITS * (i // 2) + 16 * (i % 2), (1, 1, PER, 1))
-        zero = (1 << (BITS - 1))
+        zero = 1024 + (1 << (BITS - 1))               # 1024 + z, as the unpack below needs
         acc = tl.zeros((BM, BN), dtype=tl.float32)
         for k0 in range(0, K, BK):
             offs_k = k0 + tl.arange(0, BK)
             x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :], mask=offs_m[:, None] < M, other=0.0)
             wr = k0 // 8 * WPO + tl.arange(0, BK // 8 * WPO)
             w = tl.load(qw_ptr + col_base[None, :] + wr[:, None] * TILE, mask=n_ok[None, :], other=0)
-            q = (tl.reshape(w, (BK // 8, WPO, 1, BN)) >> shift) & ((1 << BITS) - 1)
-            q = tl.reshape(q, (BK, BN))
+            # q OR-ed into the mantissa of fp16 1024.0 (ulp 1) is 1024 + q exactly; subtracting 1024 + z
+            # in fp16 leaves q - z exactly, with no integer-to-float conversion (a slow op).
+            q = ((tl.reshape(w, (BK // 8, WPO, 1, BN)) >> shift) & ((1 << BITS) - 1)) | 0x6400
+            q = tl.reshape(q, (BK, BN)).to(tl.int16).to(tl.float16, bitcast=True)
             if GROUP_PER_STEP:                        # one group for the whole step: [BN] vectors
                 g = k0 // group_size
                 s = tl.load(s_ptr + g * n_pad + offs_n, mask=n_ok, other=0.0)[None, :]
                 if SYM:
                     z = zero
                 else:
-                    z = tl.load(z_ptr + g * n_pad + offs_n, mask=n_ok, other=0).to(tl.int32)[None, :]
+                    z = tl.load(z_ptr + g * n_pad + offs_n, mask=n_ok, other=0).to(tl.float16)[None, :] + 1024
             else:                                     # a group per row (act-order, small groups)
                 if ACT_ORDER:
                     g = tl.load(ug_ptr + offs_k // 32)
@@ -86,8 +88,8 @@ if triton is not None:
                 if SYM:
                     z = zero
                 else:
-                    z = tl.load(z_ptr + idx, mask=n_ok[None, :], other=0).to(tl.int32)
-            wf = (q - z).to(tl.float16) * s
+                    z = tl.load(z_ptr + idx, mask=n_ok[None, :], other=0).to(tl.float16) + 1024
+            wf = (q - z) * s
             acc = tl.dot(x, wf, acc)
         if HAS_BIAS:
             acc += tl.load(b_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
