@@ -29,6 +29,7 @@ struct __half2 { _Float16 x, y; };
 JK_DEVICE jk_u32x4 jk_load_stream(const jk_u32x4* p) { jk_u32x4 v; memcpy(&v, p, 16); return v; }
 JK_DEVICE jk_u32x2 jk_load_u32x2(const jk_u32x2* p) { jk_u32x2 v; memcpy(&v, p, 8); return v; }
 JK_DEVICE __half2 jk_half2_bits(unsigned b) { __half2 h; memcpy(&h, &b, 4); return h; }
+JK_DEVICE unsigned jk_word(const jk_u32x4 v, const int i) { return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w; }
 JK_DEVICE float __low2float(__half2 h) { return (float)h.x; }
 JK_DEVICE float __high2float(__half2 h) { return (float)h.y; }
 JK_DEVICE float __half2float(__half h) { return (float)h; }
