@@ -23,12 +23,12 @@ def _read_kernel():
 def impl_read(bits: int, group: int):
     """Reads exactly the bytes of a random `bits`/`group` jitkern int layer (weights and scales)."""
     def make(k, n, m, device):
-        from .bench import random_int_layout
+        from .bench import ROTATE_BYTES, random_int_layout
 
         triton, read_words = _read_kernel()
         one = random_int_layout(k, n, bits, group, True, device)
         words = one.nbytes() // 4
-        copies = max(2, (256 << 20) // one.nbytes() + 1)
+        copies = max(2, ROTATE_BYTES // one.nbytes() + 1)
         bufs = [torch.randint(-2 ** 31, 2 ** 31 - 1, (words,), dtype=torch.int32, device=device) for _ in range(copies)]
         block = 8192                    # 32 words a thread: 8 loads of 16 bytes in flight
         grid = (triton.cdiv(words, block),)

@@ -23,8 +23,8 @@ except ImportError:          # optional: the BLAS path serves without it
 from ..formats.layout import TILE_N, IntLayout
 
 BITS = (4, 8)
-# Above this many rows dequantize + cuBLAS is faster on an H100 (M = 16: 0.23 vs 0.13 of fp16's
-# bandwidth; M = 512: 0.45 vs 0.55-0.60 of its throughput, measured 2026-11-26).
+# Above this many rows dequantize + cuBLAS is faster on an H100 (int4, M = 16: 0.30 vs 0.13 of fp16's
+# bandwidth; M = 512: at best 0.51 over five block shapes vs 0.55 of its throughput; 2026-11-26).
 MAX_M = 64
 
 
