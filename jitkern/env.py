@@ -17,6 +17,7 @@ SETTINGS = {
     "JITKERN_WORKSPACE_MB": "bound on the fp16 dequantization workspace of the prefill path (default 256)",
     "JITKERN_PREFILL": "prefill GEMM (M above the GEMV): auto (fused Triton where it runs, else dequantize + BLAS) or blas",
     "JITKERN_VLLM": "vLLM plugin: 1 forces jitkern on any platform, 0 disables it (default: AMD GPUs only)",
+    "JITKERN_PDL": "NVIDIA sm_90+: 0 launches the GEMVs without programmatic dependent launch (default 1)",
     "JITKERN_LOG": "log level of the 'jitkern' logger (default WARNING)",
 }
 
@@ -61,6 +62,10 @@ def prefill_backend() -> str:
     if raw not in ("auto", "blas"):
         raise ValueError(f"JITKERN_PREFILL={raw!r}: expected 'auto' or 'blas'")
     return raw
+
+
+def pdl() -> bool:
+    return os.environ.get("JITKERN_PDL", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 def vllm_mode() -> str:

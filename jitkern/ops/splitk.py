@@ -52,8 +52,9 @@ _retired: list[tuple[torch.Tensor, torch.Tensor]] = []
 
 def workspace(device: torch.device, sums: int, tiles: int) -> tuple[torch.Tensor, torch.Tensor]:
     """fp32 partial sums (at least `sums` floats) and per-tile counters (zero; the kernels re-arm
-    them) shared by the launches on one device.  Launches on one stream run one after another, so
-    they never overlap; concurrent split launches on two streams of one device are not supported.
+    them) shared by the launches on one device.  Launches on one stream never overlap in their use
+    of it (a kernel started early by programmatic dependent launch waits for the one before it
+    first); concurrent split launches on two streams of one device are not supported.
 
     Call it when a layer is prepared, outside graph capture: a larger request replaces the buffers
     but keeps the old ones alive, since captured graphs hold their addresses."""

@@ -11,7 +11,7 @@ import importlib
 
 import torch
 
-from .. import cache
+from .. import cache, env
 from ..families import get_family
 from ..spec import KernelSpec
 
@@ -47,6 +47,8 @@ class Kernel:
         self.consts = family.consts(spec)   # launch constants the template was rendered with
         self._driver = driver(spec.target.vendor)
         self._occupancy_inputs = None
+        # Programmatic dependent launch where the template waits for the prior grid (families' "pdl")
+        self.pdl = bool(self.consts.get("pdl")) and env.pdl()
         with torch.cuda.device(device):
             self.module, self.function = self._driver.load(self.entry.binary, family.entry)
 
@@ -56,7 +58,7 @@ class Kernel:
         if stream is None:
             stream = torch.cuda.current_stream(self.device).cuda_stream
         cargs = [_c_arg(a) for a in args]
-        self._driver.launch(self.function, grid, block, cargs, shared, stream)
+        self._driver.launch(self.function, grid, block, cargs, shared, stream, self.pdl)
 
     def attributes(self) -> dict:
         """Registers, shared memory, local memory... as the driver reports them."""

@@ -1,4 +1,4 @@
-"""NVIDIA driver calls through cuda-bindings (cuModuleLoadData, cuLaunchKernel)."""
+"""NVIDIA driver calls through cuda-bindings (cuModuleLoadData, cuLaunchKernel / cuLaunchKernelEx)."""
 from __future__ import annotations
 
 import ctypes
@@ -52,11 +52,31 @@ def load(binary: bytes, name: str):
     return module, function
 
 
-def launch(function, grid, block, cargs, shared: int, stream: int) -> None:
+def launch(function, grid, block, cargs, shared: int, stream: int, pdl: bool = False) -> None:
+    """pdl: programmatic dependent launch -- the kernel may start while the stream's previous kernel
+    finishes, and must execute griddepcontrol.wait before it reads that kernel's results or writes."""
     drv = _driver()
     params = (ctypes.c_void_p * len(cargs))(*[ctypes.addressof(a) for a in cargs])
-    (err,) = drv.cuLaunchKernel(function, *grid, *block, shared, stream, ctypes.addressof(params), 0)
-    _check(err, "cuLaunchKernel")
+    if not pdl:
+        (err,) = drv.cuLaunchKernel(function, *grid, *block, shared, stream, ctypes.addressof(params), 0)
+        _check(err, "cuLaunchKernel")
+        return
+    config = drv.CUlaunchConfig()
+    config.gridDimX, config.gridDimY, config.gridDimZ = grid
+    config.blockDimX, config.blockDimY, config.blockDimZ = block
+    config.sharedMemBytes, config.hStream = shared, stream
+    config.attrs, config.numAttrs = [_pdl_attribute()], 1
+    (err,) = drv.cuLaunchKernelEx(config, function, ctypes.addressof(params), 0)
+    _check(err, "cuLaunchKernelEx")
+
+
+@lru_cache(maxsize=1)
+def _pdl_attribute():
+    drv = _driver()
+    attr = drv.CUlaunchAttribute()
+    attr.id = drv.CUlaunchAttributeID.CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION
+    attr.value.programmaticStreamSerializationAllowed = 1
+    return attr
 
 
 def attributes(function) -> dict:

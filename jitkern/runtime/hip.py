@@ -34,7 +34,8 @@ def load(binary: bytes, name: str):
     return module, function
 
 
-def launch(function, grid, block, cargs, shared: int, stream: int) -> None:
+def launch(function, grid, block, cargs, shared: int, stream: int, pdl: bool = False) -> None:
+    """pdl is NVIDIA's programmatic dependent launch; HIP has none, so kernels run in stream order."""
     hip = _hip()
     params = [ctypes.addressof(a) for a in cargs]
     _check(hip.hipModuleLaunchKernel(function, *grid, *block, shared, stream, params, None),

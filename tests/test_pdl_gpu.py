@@ -1,0 +1,117 @@
+"""Programmatic dependent launch (NVIDIA sm_90+): a GEMV may start while the kernel before it finishes,
+so each must wait for that kernel before it reads its output.  On the GPU: a chain of GEMVs, each
+reading the previous one's output, run eagerly and as a replayed CUDA graph whose intermediate
+buffers still hold the previous replay's values, so a kernel that read its input early gives a stale
+result (checked: with the wait removed from the prelude this test fails)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from jitkern import bench, env, runtime
+from jitkern.formats.gguf import dequantize_layout as gguf_dequantize, random_blocks, to_layout
+from jitkern.formats.intpack import dequantize_layout as int_dequantize
+from jitkern.families import get_family
+from jitkern.ops import dense, gguf, gptq
+from jitkern.render import render
+from jitkern.spec import KernelSpec
+from tests.conftest import rel_err
+
+K = 4096          # square layers, large enough that the next launch overlaps the previous one's tail
+
+
+def _chain(gen):
+    """Four layers, int4 -> fp16 -> Q4_0 -> int8, and their float64 weights [N, K]."""
+    torch.manual_seed(int(torch.randint(0, 2 ** 31 - 1, (1,), generator=gen)))
+    dev = torch.device("cuda")
+    int4 = bench.random_int_layout(K, K, 4, 128, False, dev)
+    int8 = bench.random_int_layout(K, K, 8, 128, True, dev)
+    w16 = (torch.randn(K, K, generator=gen) * 0.02).half().to(dev)
+    q40 = to_layout(random_blocks("q4_0", K, K, generator=gen).to(dev), "q4_0")
+    layers = [lambda x: gptq.linear(x, int4), lambda x: dense.linear(x, w16),
+              lambda x: gguf.linear(x, q40), lambda x: gptq.linear(x, int8)]
+    ref_w = [int_dequantize(int4).cpu(), w16.double().cpu(), gguf_dequantize(q40).double().cpu(),
+             int_dequantize(int8).cpu()]
+    for lay in (int4, int8):
+        gptq.prepare(lay)
+    gguf.prepare(q40)
+    dense.prepare(dev)
+    return layers, ref_w
+
+
+def _run(layers, x):
+    for f in layers:
+        x = f(x)
+    return x
+
+
+def _reference(ref_w, x):
+    y = x.double().cpu()
+    for w in ref_w:
+        y = (y @ w.T).half().double()        # each kernel rounds its output to fp16
+    return y
+
+
+def _set_pdl(on: bool) -> None:
+    for k in runtime._loaded.values():
+        k.pdl = on and bool(k.consts.get("pdl"))
+
+
+# family, spec fields, options, and the call that starts its main loop (activation reads)
+GEMVS = [("gptq_gemv", dict(fmt="gptq", bits=4, group=128), {"sym": True}, "jk_two_steps_in_flight<"),
+         ("dense_gemv", dict(fmt="f16"), {}, "jk_two_steps_in_flight<"),
+         ("gguf_gemv", dict(fmt="q4_k"), {}, "gg_step_load(st, s0")]
+
+
+@pytest.mark.parametrize("family,fields,options,main_loop", GEMVS)
+@pytest.mark.parametrize("arch,launched", [("sm_90", True), ("sm_80", False), ("gfx906", False)])
+def test_pdl_only_where_the_kernel_waits(family, fields, options, main_loop, arch, launched):
+    spec = KernelSpec(family, arch=arch, m=1, options=options, **fields)
+    assert bool(get_family(family).consts(spec).get("pdl")) is launched
+    assert not get_family("gptq_dequant").consts(KernelSpec("gptq_dequant", "gptq", bits=4, group=128,
+                                                             arch=arch)).get("pdl")
+    if launched:       # in the kernel body the wait comes before the main loop and every output store
+        src = render(spec)
+        body = src[src.index(f"void {get_family(family).entry}("):]
+        wait = body.index("jk_wait_prior_grid();")
+        assert "griddepcontrol.wait" in src and wait < body.index(main_loop) and wait < body.index("out[")
+
+
+def test_pdl_setting(monkeypatch):
+    for raw, on in (("", True), ("1", True), ("0", False), ("off", False)):
+        monkeypatch.setenv("JITKERN_PDL", raw)
+        assert env.pdl() is on
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m", [1, 8])
+def test_dependent_chain(gen, m):
+    if torch.cuda.get_device_capability() < (9, 0):
+        pytest.skip("programmatic dependent launch needs sm_90+")
+    layers, ref_w = _chain(gen)
+    xs = [torch.randn(m, K, generator=gen).half().cuda() for _ in range(4)]
+    _run(layers, xs[0])                                      # load every kernel
+    assert any(k.pdl for k in runtime._loaded.values()), "no kernel launched with PDL on this GPU"
+
+    _set_pdl(False)
+    plain = [_run(layers, x) for x in xs]
+    _set_pdl(True)
+    eager = [_run(layers, x) for x in xs]
+    for x, p, e in zip(xs, plain, eager):
+        assert torch.equal(p, e), "same kernels and data: PDL must not change a bit"
+        assert torch.isfinite(e).all() and rel_err(e, _reference(ref_w, x)) < 8e-3
+
+    static_x = torch.full_like(xs[0], float("nan"))
+    graph = torch.cuda.CUDAGraph()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        _run(layers, static_x)
+        with torch.cuda.graph(graph, stream=stream):
+            static_y = _run(layers, static_x)
+    torch.cuda.current_stream().wait_stream(stream)
+    for _ in range(3):
+        for x, p in zip(xs, plain):                          # each replay's input differs from the last
+            static_x.copy_(x)
+            graph.replay()
+            assert torch.equal(static_y, p), "a GEMV read its input before the kernel writing it finished"
