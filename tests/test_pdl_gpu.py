@@ -5,6 +5,8 @@ buffers still hold the previous replay's values, so a kernel that read its input
 result (checked: with the wait removed from the prelude this test fails)."""
 from __future__ import annotations
 
+import types
+
 import pytest
 import torch
 
@@ -81,6 +83,61 @@ def test_pdl_setting(monkeypatch):
     for raw, on in (("", True), ("1", True), ("0", False), ("off", False)):
         monkeypatch.setenv("JITKERN_PDL", raw)
         assert env.pdl() is on
+
+
+class _FakeDriver:
+    """Enough of cuda.bindings.driver to launch: cuLaunchKernelEx answers `ex_error`."""
+
+    class CUlaunchConfig:
+        pass
+
+    class CUlaunchAttribute:
+        def __init__(self):
+            self.value = types.SimpleNamespace()
+
+    CUlaunchAttributeID = types.SimpleNamespace(CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION=6)
+
+    def __init__(self, ex_error):
+        self.ex_error, self.calls = ex_error, []
+
+    def cuLaunchKernelEx(self, config, function, params, extra):
+        self.calls.append(("ex", config.numAttrs))
+        return (self.ex_error,)
+
+    def cuLaunchKernel(self, function, *args):
+        self.calls.append(("plain",))
+        return (_Result("CUDA_SUCCESS", 0),)
+
+
+class _Result(int):
+    def __new__(cls, name, code):
+        r = super().__new__(cls, code)
+        r.name = name
+        return r
+
+
+@pytest.mark.parametrize("error,falls_back", [(_Result("CUDA_ERROR_NOT_SUPPORTED", 801), True),
+                                              (_Result("CUDA_ERROR_ILLEGAL_ADDRESS", 700), False)])
+def test_refused_dependent_launch_falls_back_once(monkeypatch, caplog, error, falls_back):
+    import ctypes
+
+    from jitkern.runtime import cuda
+
+    fake = _FakeDriver(error)
+    monkeypatch.setattr(cuda, "_driver", lambda: fake)
+    monkeypatch.setattr(cuda, "_pdl_failed", [])
+    cuda._pdl_attribute.cache_clear()
+    args = (object(), (4, 1, 1), (128, 1, 1), [ctypes.c_int(3)], 0, 0)
+    if not falls_back:         # a real fault is reported, not hidden behind a plain launch
+        with pytest.raises(RuntimeError, match="cuLaunchKernelEx"):
+            cuda.launch(*args, pdl=True)
+        assert fake.calls == [("ex", 1)] and not cuda._pdl_failed
+    else:
+        cuda.launch(*args, pdl=True)
+        cuda.launch(*args, pdl=True)
+        assert fake.calls == [("ex", 1), ("plain",), ("plain",)]
+        assert sum("programmatic dependent launch refused" in r.message for r in caplog.records) == 1
+    cuda._pdl_attribute.cache_clear()
 
 
 @pytest.mark.gpu

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ctypes
+import logging
 from functools import lru_cache
 
 from ..compiler import BackendMissing
@@ -52,22 +53,33 @@ def load(binary: bytes, name: str):
     return module, function
 
 
+_pdl_failed: list = []      # the driver's error, once a dependent launch was refused
+_PDL_REFUSED = {"CUDA_ERROR_NOT_SUPPORTED", "CUDA_ERROR_INVALID_VALUE", "CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED"}
+
+
 def launch(function, grid, block, cargs, shared: int, stream: int, pdl: bool = False) -> None:
     """pdl: programmatic dependent launch -- the kernel may start while the stream's previous kernel
-    finishes, and must execute griddepcontrol.wait before it reads that kernel's results or writes."""
+    finishes, and must execute griddepcontrol.wait before it reads that kernel's results or writes.
+    A driver that refuses it (older than CUDA 12.3 in graph capture, say) gets plain launches from
+    then on, with one warning."""
     drv = _driver()
     params = (ctypes.c_void_p * len(cargs))(*[ctypes.addressof(a) for a in cargs])
-    if not pdl:
-        (err,) = drv.cuLaunchKernel(function, *grid, *block, shared, stream, ctypes.addressof(params), 0)
-        _check(err, "cuLaunchKernel")
-        return
-    config = drv.CUlaunchConfig()
-    config.gridDimX, config.gridDimY, config.gridDimZ = grid
-    config.blockDimX, config.blockDimY, config.blockDimZ = block
-    config.sharedMemBytes, config.hStream = shared, stream
-    config.attrs, config.numAttrs = [_pdl_attribute()], 1
-    (err,) = drv.cuLaunchKernelEx(config, function, ctypes.addressof(params), 0)
-    _check(err, "cuLaunchKernelEx")
+    if pdl and not _pdl_failed:
+        config = drv.CUlaunchConfig()
+        config.gridDimX, config.gridDimY, config.gridDimZ = grid
+        config.blockDimX, config.blockDimY, config.blockDimZ = block
+        config.sharedMemBytes, config.hStream = shared, stream
+        config.attrs, config.numAttrs = [_pdl_attribute()], 1
+        (err,) = drv.cuLaunchKernelEx(config, function, ctypes.addressof(params), 0)
+        if int(err) == 0:
+            return
+        if getattr(err, "name", "") not in _PDL_REFUSED:
+            _check(err, "cuLaunchKernelEx")
+        _pdl_failed.append(err)
+        logging.getLogger("jitkern").warning(
+            "programmatic dependent launch refused by the driver (%s); launching without it", err)
+    (err,) = drv.cuLaunchKernel(function, *grid, *block, shared, stream, ctypes.addressof(params), 0)
+    _check(err, "cuLaunchKernel")
 
 
 @lru_cache(maxsize=1)
