@@ -70,9 +70,10 @@ def device_arch(device=None) -> str:
 
 def resolve(arch: str | None = None, device=None) -> Target:
     """arch= argument, else JITKERN_ARCH, else the GPU's."""
-    if arch is None and env.arch_override():
+    override = env.arch_override() if arch is None else None
+    if override:
         try:
-            return parse(env.arch_override())
+            return parse(override)
         except ValueError as e:
             raise ValueError(f"JITKERN_ARCH: {e}") from None
     return parse(arch or device_arch(device))

@@ -65,13 +65,19 @@ register(Family("gptq_dequant", "gptq_dequant.hip.j2", fmts=("gptq",), bits=SUPP
                 consts=lambda spec: {"threads": 256}))
 
 
+def _dependent_launch(spec, mma: bool) -> bool:
+    """Launch with programmatic dependent launch: the tensor-core GEMV templates wait for the prior
+    grid (jk_wait_prior_grid, prelude), which PTX has from sm_90."""
+    return mma and spec.target.sm >= 90           # mma: an NVIDIA sm_80+ build
+
+
 def _gemv_consts(spec) -> dict:
     if spec.target.vendor == "nvidia":
         # sm_80+: tensor-core MMAs (the op picks 128..512 threads a block).  Older: one lane keeps all
         # M rows in fp32 FMAs, and 512 threads a block give small-N layers enough loads in flight.
         mma = spec.target.sm >= 80
         return {"threads": 512, "msplit": 1, "mpl": spec.m, "occupancy": 1, "mma": mma,
-                "unroll": 2 if spec.bits == 8 else 4, "pdl": mma and spec.target.sm >= 90}
+                "unroll": 2 if spec.bits == 8 else 4, "pdl": _dependent_launch(spec, mma)}
     # gfx906: lanes sharing one 128-bit weight load (same address, one request) split the M rows so
     # that a lane stays within 64 VGPRs (4 waves per SIMD) without scratch: at most 2 rows a lane for
     # plain int4, one row a lane where decoding needs more registers (8-bit words come in pairs; the
@@ -100,7 +106,7 @@ def _dense_consts(spec) -> dict:
     mma = spec.target.vendor == "nvidia" and spec.target.sm >= 80
     unroll = (2 if spec.m <= 8 else 1) if mma else 4
     return {"max_threads": 256 if mma and spec.m <= 4 else 512, "rows": 8 if mma else spec.wave // 8, "mma": mma,
-            "unroll": unroll, "occupancy": 4, "pdl": mma and spec.target.sm >= 90}
+            "unroll": unroll, "occupancy": 4, "pdl": _dependent_launch(spec, mma)}
 
 
 # Unquantized fp16 GEMV for 1..16 rows over PyTorch-layout weights [N, K] (lm_head, dense layers).
@@ -135,7 +141,7 @@ def _gguf_consts(spec) -> dict:
     # rows are loaded together
     return {"threads": 256, "block": qt.block, "qb": qt.quant_bytes, "planes": planes, "mma": mma,
             "token_batch": 2, "tiles": tiles, "max_threads": 256 * tiles, "min_blocks": 3 - tiles,
-            "unroll": unroll, "pdl": mma and spec.target.sm >= 90}
+            "unroll": unroll, "pdl": _dependent_launch(spec, mma)}
 
 
 # Activations -> int8 planes (Q8_1 quants + residual) and per-16 (d/254, sum) for the GGUF GEMV.
