@@ -60,7 +60,7 @@ def time_graph(fn_per_copy, copies: int, x: torch.Tensor, iters: int = 20) -> fl
 def random_int_layout(k: int, n: int, bits: int, group: int, sym: bool, device):
     """A random but valid int layout built directly on the GPU (quantizing 470M weights on a CPU would
     dominate the run; the kernels' speed does not depend on the values)."""
-    from .formats.layout import TILE_N, IntLayout, round_up
+    from .formats.layout import TILE_N, IntLayout, round_up, settle
 
     n_pad = round_up(n, TILE_N)
     groups = k // group if group > 0 else 1
@@ -68,7 +68,9 @@ def random_int_layout(k: int, n: int, bits: int, group: int, sym: bool, device):
                             dtype=torch.int32, device=device)
     scales = (torch.rand(groups, n_pad, device=device) * 0.01).half()
     zeros = None if sym else torch.randint(0, 2 ** bits, (groups, n_pad), dtype=torch.uint8, device=device)
-    return IntLayout(bits, group if group > 0 else k, k, k, n, qweight, scales, zeros)
+    layout = IntLayout(bits, group if group > 0 else k, k, k, n, qweight, scales, zeros)
+    settle(layout.tensors())
+    return layout
 
 
 def impl_fp16(k, n, m, device):

@@ -6,6 +6,7 @@ result (checked: with the wait removed from the prelude this test fails)."""
 from __future__ import annotations
 
 import logging
+import re
 import types
 
 import pytest
@@ -60,24 +61,45 @@ def _set_pdl(on: bool) -> None:
         k.pdl = on and bool(k.consts.get("pdl"))
 
 
-# family, spec fields, options, and the call that starts its main loop (activation reads)
-GEMVS = [("gptq_gemv", dict(fmt="gptq", bits=4, group=128), {"sym": True}, "jk_two_steps_in_flight<"),
-         ("dense_gemv", dict(fmt="f16"), {}, "jk_two_steps_in_flight<"),
-         ("gguf_gemv", dict(fmt="q4_k"), {}, "gg_step_load(st, s0")]
+# family, spec fields, options, and the function loading a step before the wait (None: nothing is)
+GEMVS = [("gptq_gemv", dict(fmt="gptq", bits=4, group=128), {"sym": True}, "gq_step_load_w"),
+         ("dense_gemv", dict(fmt="f16"), {}, None),
+         ("gguf_gemv", dict(fmt="q8_0"), {}, "gg_step_load"),
+         ("gguf_gemv", dict(fmt="q4_k"), {}, None)]
 
 
-@pytest.mark.parametrize("family,fields,options,main_loop", GEMVS)
+def _definition(src: str, name: str) -> str:
+    start = src.index(f"JK_DEVICE void {name}(")
+    return src[start:src.index("\n}\n", start)]
+
+
+@pytest.mark.parametrize("family,fields,options,early", GEMVS)
 @pytest.mark.parametrize("arch,launched", [("sm_90", True), ("sm_80", False), ("gfx906", False)])
-def test_pdl_only_where_the_kernel_waits(family, fields, options, main_loop, arch, launched):
+def test_pdl_only_where_the_kernel_waits(family, fields, options, early, arch, launched):
     spec = KernelSpec(family, arch=arch, m=1, options=options, **fields)
     assert bool(get_family(family).consts(spec).get("pdl")) is launched
     assert not get_family("gptq_dequant").consts(KernelSpec("gptq_dequant", "gptq", bits=4, group=128,
                                                              arch=arch)).get("pdl")
-    if launched:       # in the kernel body the wait comes before the main loop and every output store
-        src = render(spec)
-        body = src[src.index(f"void {get_family(family).entry}("):]
-        wait = body.index("jk_wait_prior_grid();")
-        assert "griddepcontrol.wait" in src and wait < body.index(main_loop) and wait < body.index("out[")
+    if not launched:
+        return
+    src = render(spec)
+    body = src[src.index(f"void {get_family(family).entry}("):]
+    assert "griddepcontrol.wait" in src
+    if "jk_two_steps_in_flight<" in body:
+        # the helper requests the first step's weights, waits, and only then reads activations
+        helper = src[src.index("JK_DEVICE int jk_two_steps_in_flight("):]
+        wait = helper.index("jk_wait_prior_grid();")
+        assert helper.index("load_w(a, pos)") < wait < helper.index("load_x(a, pos)") < helper.index("compute(a, pos)")
+        main_loop = body.index("jk_two_steps_in_flight<")
+        load_w, load_x, compute = re.findall(r"\[&?\]\([^)]*\)\s*\{[^}]*\}", body[main_loop:])[:3]
+        if early is None:                              # nothing before the wait
+            assert load_w.startswith("[](")
+        else:                                          # weights only: no activation pointer in reach
+            assert early + "(" in load_w and not re.search(r"\bxr?\b", _definition(src, early))
+    else:                                              # one step in flight: the kernel waits first
+        main_loop = body.index("jk_wait_prior_grid();")
+        assert main_loop < body.index("gg_step_load(st, s0")
+    assert main_loop < body.index("out[")              # every output store comes after the wait
 
 
 def test_pdl_setting(monkeypatch):
@@ -174,3 +196,25 @@ def test_dependent_chain(gen, m):
             static_x.copy_(x)
             graph.replay()
             assert torch.equal(static_y, p), "a GEMV read its input before the kernel writing it finished"
+
+
+class _FakeStream:
+    def __init__(self, log):
+        self.log = log
+
+    def synchronize(self):
+        self.log.append("sync")
+
+
+@pytest.mark.parametrize("where,capturing,synced", [("cuda", False, True), ("cuda", True, False), ("cpu", False, False)])
+def test_converted_weights_settle_before_early_reads(monkeypatch, where, capturing, synced):
+    """The GEMVs read packed weights before waiting for the previous kernel, so conversion must leave
+    them complete: one stream synchronization on a GPU, none on a CPU or inside graph capture."""
+    from jitkern.formats import layout
+
+    log = []
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: _FakeStream(log))
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: capturing)
+    tensors = [None, types.SimpleNamespace(is_cuda=where == "cuda", device=where)] * 2
+    layout.settle(tensors)
+    assert log == (["sync"] if synced else [])

@@ -74,6 +74,7 @@ import torch
 
 from .checks import expect, expect_tensor, fail
 from .gguf_quants import IQ4_CODEBOOK, QK_K, TYPES, Field, QType  # noqa: F401  (re-exported)
+from .layout import settle
 
 __all__ = ["TYPES", "QType", "Field", "IQ4_CODEBOOK", "QK_K", "gguf_type", "dequantize", "random_blocks",
            "GGUFLayout", "to_layout", "from_layout", "dequantize_layout", "GGUFTensorInfo",
@@ -261,7 +262,9 @@ def to_layout(raw, qtype, shape=None, *, name: str = "raw") -> GGUFLayout:
     for f in qt.header_fields:
         hdr[:, off:off + nb * f.size] = blocks[..., f.offset:f.offset + f.size].reshape(n, nb * f.size)
         off += nb * f.size
-    return GGUFLayout(qt.name, n, k, qs.contiguous(), hdr)
+    layout = GGUFLayout(qt.name, n, k, qs.contiguous(), hdr)
+    settle(layout.tensors())
+    return layout
 
 
 def _check_layout(layout, name: str) -> QType:

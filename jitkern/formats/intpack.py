@@ -11,7 +11,7 @@ from typing import Optional, Tuple
 import torch
 
 from .checks import FLOAT_DTYPES, INT_DTYPES, expect, expect_choice, expect_range, expect_tensor
-from .layout import SUPPORTED_BITS, TILE_N, UNIT_K, IntLayout, round_up
+from .layout import SUPPORTED_BITS, TILE_N, UNIT_K, IntLayout, round_up, settle
 
 
 def wrap_int32(x: torch.Tensor) -> torch.Tensor:
@@ -106,10 +106,12 @@ def pack_layout(q: torch.Tensor, scales: torch.Tensor, zeros: Optional[torch.Ten
         zeros = torch.nn.functional.pad(zeros.to(torch.int64), (0, pad), value=sym).to(torch.uint8)
     words = _pack_rows(q, bits)                                        # [K*bits/32, N_pad]
     qweight = words.view(words.shape[0], n_pad // TILE_N, TILE_N).transpose(0, 1).contiguous()
-    return IntLayout(bits=bits, group_size=g, k_in=k_in, k=k, n=n, qweight=qweight, scales=scales,
-                     zeros=zeros,
-                     perm=None if perm is None else perm.to(torch.int32).contiguous(),
-                     unit_group=None if unit_group is None else unit_group.to(torch.int32).contiguous())
+    layout = IntLayout(bits=bits, group_size=g, k_in=k_in, k=k, n=n, qweight=qweight, scales=scales,
+                       zeros=zeros,
+                       perm=None if perm is None else perm.to(torch.int32).contiguous(),
+                       unit_group=None if unit_group is None else unit_group.to(torch.int32).contiguous())
+    settle(layout.tensors())
+    return layout
 
 
 def pack_act_order(q: torch.Tensor, scales: torch.Tensor, zeros: Optional[torch.Tensor],

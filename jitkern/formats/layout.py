@@ -43,6 +43,18 @@ def round_up(x: int, m: int) -> int:
     return (x + m - 1) // m * m
 
 
+def settle(tensors) -> None:
+    """Wait for the kernels that just wrote freshly converted weights.  The tensor-core GEMVs request
+    their first weights before waiting for the previous kernel (programmatic dependent launch, see
+    jk_two_steps_in_flight in templates/prelude.h.j2), and that wait is what makes a previous kernel's
+    writes visible; conversion is a load-time step, so one synchronization here is cheap."""
+    for t in tensors:
+        if t is not None and t.is_cuda:
+            if not torch.cuda.is_current_stream_capturing():
+                torch.cuda.current_stream(t.device).synchronize()
+            return
+
+
 @dataclass
 class IntLayout:
     """A converted GPTQ/AWQ weight.  ``k_in`` is the activation width the caller passes."""
