@@ -131,6 +131,7 @@ IMPLS = {
     "fp16": impl_fp16,
     "jitkern-dense-f16": impl_dense,
     **{f"jitkern-gguf-{t}": impl_gguf(t) for t in ("q4_0", "q4_1", "q4_k", "q6_k", "q8_0")},
+    "jitkern-int3-g128": impl_jitkern_int(3, 128),
     "jitkern-int4-g128": impl_jitkern_int(4, 128),
     "jitkern-int8-g128": impl_jitkern_int(8, 128),
     "tinygemm-int4-g128": impl_tinygemm,

@@ -75,9 +75,13 @@ def _gemv_consts(spec) -> dict:
     if spec.target.vendor == "nvidia":
         # sm_80+: tensor-core MMAs (the op picks 128..512 threads a block).  Older: one lane keeps all
         # M rows in fp32 FMAs, and 512 threads a block give small-N layers enough loads in flight.
+        # A tensor-core step is `unroll` 32-row units: 2 where an octet takes two words (3- and 8-bit;
+        # 3-bit steps of 4 spilled 48-144 bytes past 128 registers on sm_90), 3 for the act-order
+        # gather at M = 8 (4 spilled 8 bytes), else 4.
         mma = spec.target.sm >= 80
+        unroll = 2 if spec.bits in (3, 8) else 3 if spec.opts.get("act_order") and spec.m == 8 else 4
         return {"threads": 512, "msplit": 1, "mpl": spec.m, "occupancy": 1, "mma": mma,
-                "unroll": 2 if spec.bits == 8 else 4, "pdl": _dependent_launch(spec, mma)}
+                "unroll": unroll, "pdl": _dependent_launch(spec, mma)}
     # gfx906: lanes sharing one 128-bit weight load (same address, one request) split the M rows so
     # that a lane stays within 64 VGPRs (4 waves per SIMD) without scratch: at most 2 rows a lane for
     # plain int4, one row a lane where decoding needs more registers (8-bit words come in pairs; the
