@@ -57,9 +57,10 @@ def time_graph(fn_per_copy, copies: int, x: torch.Tensor, iters: int = 20) -> fl
     return best
 
 
-def random_int_layout(k: int, n: int, bits: int, group: int, sym: bool, device):
+def random_int_layout(k: int, n: int, bits: int, group: int, sym: bool, device, act_order: bool = False):
     """A random but valid int layout built directly on the GPU (quantizing 470M weights on a CPU would
-    dominate the run; the kernels' speed does not depend on the values)."""
+    dominate the run; the kernels' speed does not depend on the values).  act_order: rows in a random
+    order (the kernel gathers x through it), groups contiguous as load-time conversion leaves them."""
     from .formats.layout import TILE_N, IntLayout, round_up, settle
 
     n_pad = round_up(n, TILE_N)
@@ -68,7 +69,11 @@ def random_int_layout(k: int, n: int, bits: int, group: int, sym: bool, device):
                             dtype=torch.int32, device=device)
     scales = (torch.rand(groups, n_pad, device=device) * 0.01).half()
     zeros = None if sym else torch.randint(0, 2 ** bits, (groups, n_pad), dtype=torch.uint8, device=device)
-    layout = IntLayout(bits, group if group > 0 else k, k, k, n, qweight, scales, zeros)
+    perm = unit_group = None
+    if act_order:
+        perm = torch.randperm(k, device=device).int()
+        unit_group = (torch.arange(k // 32, device=device) * 32 // (group if group > 0 else k)).int()
+    layout = IntLayout(bits, group if group > 0 else k, k, k, n, qweight, scales, zeros, perm, unit_group)
     settle(layout.tensors())
     return layout
 
@@ -79,13 +84,13 @@ def impl_fp16(k, n, m, device):
     return (lambda i, x: F.linear(x, ws[i])), copies, nbytes(ws[0])
 
 
-def impl_jitkern_int(bits, group, sym=True):
+def impl_jitkern_int(bits, group, sym=True, act_order=False):
     def make(k, n, m, device):
         from .ops import gptq
 
-        one = random_int_layout(k, n, bits, group, sym, device)
+        one = random_int_layout(k, n, bits, group, sym, device, act_order)
         copies = max(2, ROTATE_BYTES // one.nbytes() + 1)
-        layouts = [one] + [random_int_layout(k, n, bits, group, sym, device) for _ in range(copies - 1)]
+        layouts = [one] + [random_int_layout(k, n, bits, group, sym, device, act_order) for _ in range(copies - 1)]
         gptq.prepare(one)
         return (lambda i, x: gptq.linear(x, layouts[i])), copies, one.nbytes()
     return make
@@ -133,6 +138,7 @@ IMPLS = {
     **{f"jitkern-gguf-{t}": impl_gguf(t) for t in ("q4_0", "q4_1", "q4_k", "q6_k", "q8_0")},
     "jitkern-int3-g128": impl_jitkern_int(3, 128),
     "jitkern-int4-g128": impl_jitkern_int(4, 128),
+    "jitkern-int4-g128-actorder": impl_jitkern_int(4, 128, act_order=True),
     "jitkern-int8-g128": impl_jitkern_int(8, 128),
     "tinygemm-int4-g128": impl_tinygemm,
 }

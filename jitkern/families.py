@@ -65,10 +65,10 @@ register(Family("gptq_dequant", "gptq_dequant.hip.j2", fmts=("gptq",), bits=SUPP
                 consts=lambda spec: {"threads": 256}))
 
 
-def _dependent_launch(spec, mma: bool) -> bool:
-    """Launch with programmatic dependent launch: the tensor-core GEMV templates wait for the prior
-    grid (jk_wait_prior_grid, prelude), which PTX has from sm_90."""
-    return mma and spec.target.sm >= 90           # mma: an NVIDIA sm_80+ build
+def _dependent_launch(spec, waits: bool) -> bool:
+    """Launch with programmatic dependent launch where the build waits for the prior grid
+    (jk_wait_prior_grid, prelude: the tensor-core GEMVs and the act-order gather), which PTX has from sm_90."""
+    return waits and spec.target.sm >= 90
 
 
 def _gemv_consts(spec) -> dict:
@@ -76,11 +76,11 @@ def _gemv_consts(spec) -> dict:
         # sm_80+: tensor-core MMAs (the op picks 128..512 threads a block).  Older: one lane keeps all
         # M rows in fp32 FMAs, and 512 threads a block give small-N layers enough loads in flight.
         # A tensor-core step is `unroll` 32-row units: 2 where an octet takes two words (3- and 8-bit;
-        # 3-bit steps of 4 spilled 48-144 bytes past 128 registers on sm_90), 3 for the act-order
-        # gather at M = 8 (4 spilled 8 bytes), else 4.
+        # 3-bit steps of 4 spilled 48-144 bytes past 128 registers on sm_90), else 4.  Act-order
+        # layers get x already in layout order (x_gather) rather than gathering it in every block.
         mma = spec.target.sm >= 80
-        unroll = 2 if spec.bits in (3, 8) else 3 if spec.opts.get("act_order") and spec.m == 8 else 4
-        return {"threads": 512, "msplit": 1, "mpl": spec.m, "occupancy": 1, "mma": mma,
+        unroll = 2 if spec.bits in (3, 8) else 4
+        return {"threads": 512, "msplit": 1, "mpl": spec.m, "occupancy": 1, "mma": mma, "gathers_x": not mma,
                 "unroll": unroll, "pdl": _dependent_launch(spec, mma)}
     # gfx906: lanes sharing one 128-bit weight load (same address, one request) split the M rows so
     # that a lane stays within 64 VGPRs (4 waves per SIMD) without scratch: at most 2 rows a lane for
@@ -90,8 +90,13 @@ def _gemv_consts(spec) -> dict:
     msplit = 1
     while msplit * rows_per_lane < spec.m:
         msplit *= 2
-    return {"threads": 256, "msplit": msplit, "mpl": (spec.m + msplit - 1) // msplit, "occupancy": 4, "mma": False}
+    return {"threads": 256, "msplit": msplit, "mpl": (spec.m + msplit - 1) // msplit, "occupancy": 4, "mma": False,
+            "gathers_x": True}
 
+
+# Activation columns gathered through an act-order permutation, for GEMVs that read x in layout order.
+register(Family("x_gather", "x_gather.hip.j2", fmts=("f16",), acts=("f16",),
+                consts=lambda spec: {"threads": 128, "pdl": _dependent_launch(spec, spec.target.vendor == "nvidia")}))
 
 # GEMV for 1..8 rows over the int layout, FP32 accumulation.
 register(Family("gptq_gemv", "gptq_gemv.hip.j2", fmts=("gptq",), bits=SUPPORTED_BITS, groups=GROUPS,

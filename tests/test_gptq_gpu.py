@@ -42,6 +42,23 @@ def test_gemv_and_prefill_match_float64(seed, bits, group, sym, act_order, fmt):
         assert err < 1e-3, f"bits={bits} group={group} sym={sym} act_order={act_order} m={m} err={err} seed={seed}"
 
 
+@pytest.mark.parametrize("m", [1, 3, 8])
+def test_act_order_gather_is_exact(seed, m):
+    """The act-order gather (NVIDIA GEMVs read x in layout row order) moves every value bit for bit,
+    from rows with a stride, and writes every output element."""
+    g = torch.Generator().manual_seed(seed)
+    layout, _ = make(seed, 4, 128, False, True, "gptq", k=1024)
+    kernels = ops.prepare(layout)
+    if "gather" not in kernels:
+        pytest.skip("this GPU's GEMV gathers x itself")
+    wide = torch.randn(m, 1024 + 40, generator=g).half().to(DEV)
+    x = wide[:, 8:8 + 1024]                                   # row stride 1064 elements
+    out = torch.full((m, layout.k), float("nan"), dtype=torch.float16, device=DEV)
+    ops._gather(kernels["gather"], x, layout.perm, out)
+    expect = x.index_select(1, layout.perm)
+    assert torch.equal(out.view(torch.int16), expect.view(torch.int16))
+
+
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
 def test_dequant_kernel_exact(seed, bits):
     layout, _ = make(seed, bits, 64, False, False, "gptq_v2", k=256)

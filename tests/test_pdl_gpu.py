@@ -25,18 +25,20 @@ K = 4096          # square layers, large enough that the next launch overlaps th
 
 
 def _chain(gen):
-    """Four layers, int4 -> fp16 -> Q4_0 -> int8, and their float64 weights [N, K]."""
+    """Five layers, int4 -> fp16 -> Q4_0 -> int8 -> act-order int4 (gather, then GEMV), and their float64
+    weights [N, K]."""
     torch.manual_seed(int(torch.randint(0, 2 ** 31 - 1, (1,), generator=gen)))
     dev = torch.device("cuda")
     int4 = bench.random_int_layout(K, K, 4, 128, False, dev)
     int8 = bench.random_int_layout(K, K, 8, 128, True, dev)
     w16 = (torch.randn(K, K, generator=gen) * 0.02).half().to(dev)
     q40 = to_layout(random_blocks("q4_0", K, K, generator=gen).to(dev), "q4_0")
+    act = bench.random_int_layout(K, K, 4, 128, False, dev, act_order=True)
     layers = [lambda x: gptq.linear(x, int4), lambda x: dense.linear(x, w16),
-              lambda x: gguf.linear(x, q40), lambda x: gptq.linear(x, int8)]
+              lambda x: gguf.linear(x, q40), lambda x: gptq.linear(x, int8), lambda x: gptq.linear(x, act)]
     ref_w = [int_dequantize(int4).cpu(), w16.double().cpu(), gguf_dequantize(q40).double().cpu(),
-             int_dequantize(int8).cpu()]
-    for lay in (int4, int8):
+             int_dequantize(int8).cpu(), int_dequantize(act).cpu()]
+    for lay in (int4, int8, act):
         gptq.prepare(lay)
     gguf.prepare(q40)
     dense.prepare(dev)
@@ -100,6 +102,22 @@ def test_pdl_only_where_the_kernel_waits(family, fields, options, early, arch, l
         main_loop = body.index("jk_wait_prior_grid();")
         assert main_loop < body.index("gg_step_load(st, s0")
     assert main_loop < re.search(r"out\[|gq_store\(", body).start()   # so does every output store
+
+
+@pytest.mark.parametrize("arch,launched", [("sm_90", True), ("sm_80", False), ("gfx906", False)])
+def test_act_order_gather_lets_the_gemv_start_and_waits_before_reading_x(arch, launched):
+    """The act-order gather lets its GEMV launch at once, reads only the (load-time) permutation before
+    waiting for the prior grid, and reads x and writes only after it; only NVIDIA GEMVs use it."""
+    specs = gptq.kernel_specs(4, 128, False, True, arch)
+    assert any(s.family == "x_gather" for s in specs) is (arch != "gfx906")
+    spec = KernelSpec("x_gather", "f16", arch=arch)
+    assert bool(get_family("x_gather").consts(spec).get("pdl")) is launched
+    if not launched:
+        return
+    body = render(spec)
+    body = body[body.index(f"void {get_family('x_gather').entry}("):]
+    trigger, wait = body.index("jk_launch_dependents();"), body.index("jk_wait_prior_grid();")
+    assert trigger < body.index("perm + k0") < wait < body.index("xr[") < body.index("out +")
 
 
 def test_pdl_setting(monkeypatch):

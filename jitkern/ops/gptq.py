@@ -11,6 +11,7 @@ from .. import env
 from ..formats.layout import TILE_N, IntLayout
 from ..runtime import get_kernel
 from . import blas, int_gemm_triton, splitk
+from ..families import get_family
 from ..spec import KernelSpec
 from ..arch import resolve
 
@@ -34,6 +35,8 @@ def kernel_specs(bits: int, group: int, sym: bool, act_order: bool, arch: str,
     specs = [KernelSpec("gptq_gemv", "gptq", bits=bits, group=group, m=m, arch=arch, options=opts)
              for m in range(1, min(max_m, MAX_GEMV_M) + 1)]
     specs.append(KernelSpec("gptq_dequant", "gptq", bits=bits, group=group, arch=arch, options=opts))
+    if act_order and not get_family("gptq_gemv").consts(specs[0])["gathers_x"]:
+        specs.append(KernelSpec("x_gather", "f16", arch=arch))
     return specs
 
 
@@ -49,7 +52,8 @@ def _variant_kernels(layout: IntLayout, device, arch: str | None = None) -> dict
     if found is None:
         target = resolve(arch, device)
         specs = kernel_specs(v["bits"], v["group"], v["sym"], v["act_order"], target.arch)
-        found = {("gemv", s.m) if s.family == "gptq_gemv" else "dequant": get_kernel(s, device) for s in specs}
+        name = {"gptq_dequant": "dequant", "x_gather": "gather"}
+        found = {("gemv", s.m) if s.family == "gptq_gemv" else name[s.family]: get_kernel(s, device) for s in specs}
         _kernels[key] = found
     return found
 
@@ -86,7 +90,10 @@ def _reserve_workspace(kernels: dict, layout: IntLayout, device) -> None:
 def gemv(x: torch.Tensor, layout: IntLayout, bias: torch.Tensor | None = None) -> torch.Tensor:
     """y = x @ W.T for 1 <= M <= 8 rows; x fp16 [M, k_in] contiguous on the layout's device."""
     m = x.shape[0]
-    kernel = _variant_kernels(layout, x.device)[("gemv", m)]
+    kernels = _variant_kernels(layout, x.device)
+    kernel = kernels[("gemv", m)]
+    if layout.act_order and not kernel.consts["gathers_x"]:   # the GEMV reads x in layout row order
+        x = _gather(kernels["gather"], x, layout.perm)
     out = torch.empty(m, layout.n, dtype=torch.float16, device=x.device)
     tiles = layout.n_pad // TILE_N
     threads, splits = _launch_shape(kernel, layout, x.device)
@@ -95,6 +102,16 @@ def gemv(x: torch.Tensor, layout: IntLayout, bias: torch.Tensor | None = None) -
         sums, done = splitk.workspace(x.device, splits * m * layout.n_pad, tiles)
     kernel((tiles, splits), (threads,), x, layout.qweight, layout.scales, layout.zeros, layout.perm,
            layout.unit_group, bias, out, sums, done, layout.k, layout.n, x.stride(0), kernel_group(layout))
+    return out
+
+
+def _gather(kernel, x: torch.Tensor, perm: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """x[:, perm] (fp16 [M, len(perm)], contiguous): an act-order layer's activations in layout row order."""
+    if out is None:
+        out = torch.empty(x.shape[0], perm.numel(), dtype=torch.float16, device=x.device)
+    threads = kernel.consts["threads"]
+    kernel(((perm.numel() // 8 + threads - 1) // threads, x.shape[0]), (threads,), x, perm, out, perm.numel(),
+           x.stride(0))
     return out
 
 
