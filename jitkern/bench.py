@@ -60,7 +60,7 @@ def time_graph(fn_per_copy, copies: int, x: torch.Tensor, iters: int = 20) -> fl
 def random_int_layout(k: int, n: int, bits: int, group: int, sym: bool, device, act_order: bool = False):
     """A random but valid int layout built directly on the GPU (quantizing 470M weights on a CPU would
     dominate the run; the kernels' speed does not depend on the values).  act_order: rows in a random
-    order (the kernel gathers x through it), groups contiguous as load-time conversion leaves them."""
+    order (x is gathered through it), groups contiguous as load-time conversion leaves them."""
     from .formats.layout import TILE_N, IntLayout, round_up, settle
 
     n_pad = round_up(n, TILE_N)
