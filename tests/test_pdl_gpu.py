@@ -117,7 +117,7 @@ def test_act_order_gather_lets_the_gemv_start_and_waits_before_reading_x(arch, l
     body = render(spec)
     body = body[body.index(f"void {get_family('x_gather').entry}("):]
     trigger, wait = body.index("jk_launch_dependents();"), body.index("jk_wait_prior_grid();")
-    assert trigger < body.index("perm + k0") < wait < body.index("xr[") < body.index("out +")
+    assert trigger < body.index("perm + k0") < wait < body.index("jk_gather8(x") < body.index("out +")
 
 
 def test_pdl_setting(monkeypatch):

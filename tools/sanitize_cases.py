@@ -2,12 +2,13 @@
 """Edge-shape cases over every kernel family, for compute-sanitizer (tools/sanitize.sh runs this).
 
 Every family (gptq_gemv, gptq_dequant, x_gather on NVIDIA act-order cases, dense_gemv, q8_1_quantize,
-gguf_gemv, gguf_dequant) runs at its edge shapes: the smallest legal N and K, N not a multiple of the kernel's tile (32 columns for
-GPTQ, 8 rows for GGUF and dense), K equal to one group (the per-column-scale kernels), a short last
-group, M = 1..8 (1..16 for the dense GEMV) and one prefill size (also in bounded-workspace strips).
-Kernels are launched through the public ops functions, so the shapes and arguments are the ones a
-model sends.  Each output is also checked against a float64 reference (error relative to
-|x| @ |W|^T, which does not blow up where a sum cancels), so a wrong answer is reported too.
+gguf_gemv, gguf_dequant) runs at its edge shapes: the smallest legal N and K, N not a multiple of the
+kernel's tile (32 columns for GPTQ, 8 rows for GGUF and dense), K equal to one group (the
+per-column-scale kernels), a short last group, M = 1..8 (1..16 for the dense GEMV) and one prefill
+size (also in bounded-workspace strips).  Kernels are launched through the public ops functions, so
+the shapes and arguments are the ones a model sends.  Each output is also checked against a float64
+reference (error relative to |x| @ |W|^T, which does not blow up where a sum cancels), so a wrong
+answer is reported too.
 
     python3 tools/sanitize_cases.py --list                  # cases and kernels; no GPU needed
     python3 tools/sanitize_cases.py --warm --jobs 16        # compile every kernel used, in parallel
