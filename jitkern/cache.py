@@ -23,6 +23,7 @@ import filelock
 
 from . import __version__, env
 from .compiler import for_vendor
+from .families import get_family
 from .render import render
 from .spec import KernelSpec
 
@@ -158,7 +159,7 @@ def get(spec: KernelSpec) -> Entry:
 def _load_or_build(spec: KernelSpec) -> Entry:
     compiler = for_vendor(spec.target.vendor)
     source = render(spec)
-    options = compiler.default_options(spec.arch)
+    options = compiler.default_options(spec.arch + get_family(spec.family).arch_suffix)
     fingerprint = compiler.fingerprint()
     key = entry_key(source, options, spec.arch, fingerprint)
     bin_path, meta_path, lock_path = _paths(spec, key)

@@ -15,7 +15,7 @@ SETTINGS = {
     "JITKERN_NO_COMPILE": "1: a cache miss is an error (proves a warmed cache is complete)",
     "JITKERN_GEMV_MAX_M": "largest batch served by the GEMV kernels; above it dequantize + GEMM (default 8)",
     "JITKERN_WORKSPACE_MB": "bound on the fp16 dequantization workspace of the prefill path (default 256)",
-    "JITKERN_PREFILL": "prefill GEMM (M above the GEMV): auto (fused Triton where it runs, else dequantize + BLAS) or blas",
+    "JITKERN_PREFILL": "prefill GEMM (M above the GEMV): auto (the wgmma GEMM on sm_90 or fused Triton where they run, else dequantize + BLAS) or blas",
     "JITKERN_VLLM": "vLLM plugin: 1 forces jitkern on any platform, 0 disables it (default: AMD GPUs only)",
     "JITKERN_PDL": "NVIDIA sm_90+: 0 launches the GEMVs without programmatic dependent launch (default 1)",
     "JITKERN_LOG": "log level of the 'jitkern' logger (default WARNING)",

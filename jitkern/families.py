@@ -18,6 +18,8 @@ class Family:
     acts: tuple = ("f16",)
     options: dict = field(default_factory=dict)    # name -> allowed values (first = default)
     consts: Callable = lambda spec: {}             # launch constants shared by template and op
+    sms: tuple = ()                                # NVIDIA compute capabilities only (empty: any target)
+    arch_suffix: str = ""                          # compiled for arch + suffix ("a": sm_90a's wgmma)
 
     @property
     def entry(self) -> str:
@@ -27,6 +29,8 @@ class Family:
         def bad(what, value, allowed):
             raise ValueError(f"{spec.family}: {what}={value!r} is not supported; expected one of {list(allowed)}")
 
+        if self.sms and spec.target.sm not in self.sms:
+            bad("arch", spec.arch, [f"sm_{sm}" for sm in self.sms])
         for what, allowed in (("fmt", self.fmts), ("bits", self.bits), ("group", self.groups),
                               ("m", self.ms), ("act", self.acts)):
             if getattr(spec, what) not in allowed:
@@ -116,6 +120,33 @@ def _dense_consts(spec) -> dict:
     unroll = (2 if spec.m <= 8 else 1) if mma else 4
     return {"max_threads": 256 if mma and spec.m <= 4 else 512, "rows": 8 if mma else spec.wave // 8, "mma": mma,
             "unroll": unroll, "occupancy": 4, "pdl": _dependent_launch(spec, mma)}
+
+
+def _gemm_consts(spec) -> dict:
+    # Two consumer warpgroups (64 output columns each, `m` tokens) and one producer warp a block, one
+    # block an SM; a stage is 64 rows of K: the activation tile (shared by the warpgroups), four
+    # tiles' words, and 2 units' scales and zero points.  H100, int4 M = 512: 256 tokens by 128 columns
+    # 0.57 of fp16's throughput (geomean of the Llama-3 shapes), 128 x 128 0.47, 64 x 256 (4 warpgroups)
+    # 0.32, 256 x 64 0.50 -- every block re-reads its activations from L2 (x_pack'ed, M x K x 2 bytes
+    # a block column), which bounds these shapes, so wider blocks win where the grid still fills.
+    wgs = 2
+    stage = spec.m * 128 + wgs * (4 * spec.bits * 128 + 2 * 64 * 3)
+    stage = (stage + 1023) // 1024 * 1024
+    stages = min(8, (200 * 1024) // stage)
+    return {"threads": 128 * wgs + 32, "warpgroups": wgs, "tokens": spec.m, "columns": 64 * wgs, "stages": stages,
+            "stage_bytes": stage, "shared": stages * stage + 1024 + 16 * stages}
+
+
+GEMM_TOKENS = (256,)
+# Prefill GEMM over the int layout on Hopper tensor cores (wgmma, A = weights unpacked in registers),
+# `m` tokens a block.
+register(Family("gptq_gemm", "gptq_gemm.hip.j2", fmts=("gptq",), bits=SUPPORTED_BITS, groups=GROUPS,
+                ms=GEMM_TOKENS, acts=("f16",), options={"sym": (False, True), "act_order": (False, True)},
+                consts=_gemm_consts, sms=(90,), arch_suffix="a"))
+# The GEMM's activation tiles, gathered into its k order.
+register(Family("x_pack", "x_pack.hip.j2", fmts=("f16",), ms=GEMM_TOKENS, acts=("f16",),
+                consts=lambda spec: {"threads": 256, "tokens": spec.m,
+                                     "pdl": _dependent_launch(spec, spec.target.vendor == "nvidia")}))
 
 
 # Unquantized fp16 GEMV for 1..16 rows over PyTorch-layout weights [N, K] (lm_head, dense layers).

@@ -5,15 +5,17 @@ so the forward only looks up a dict and launches.
 """
 from __future__ import annotations
 
+import ctypes
+
 import torch
 
 from .. import env
 from ..formats.layout import TILE_N, IntLayout
 from ..runtime import get_kernel
 from . import blas, int_gemm_triton, splitk
-from ..families import get_family
+from ..families import GEMM_TOKENS, get_family
 from ..spec import KernelSpec
-from ..arch import resolve
+from ..arch import Target, resolve
 
 MAX_GEMV_M = 8
 
@@ -37,6 +39,10 @@ def kernel_specs(bits: int, group: int, sym: bool, act_order: bool, arch: str,
     specs.append(KernelSpec("gptq_dequant", "gptq", bits=bits, group=group, arch=arch, options=opts))
     if act_order and not get_family("gptq_gemv").consts(specs[0])["gathers_x"]:
         specs.append(KernelSpec("x_gather", "f16", arch=arch))
+    if Target(arch).vendor == "nvidia" and Target(arch).sm in get_family("gptq_gemm").sms:
+        specs.append(KernelSpec("gptq_gemm", "gptq", bits=bits, group=group, m=GEMM_TOKENS[0], arch=arch,
+                                options=opts))
+        specs.append(KernelSpec("x_pack", "f16", m=GEMM_TOKENS[0], arch=arch))
     return specs
 
 
@@ -52,7 +58,7 @@ def _variant_kernels(layout: IntLayout, device, arch: str | None = None) -> dict
     if found is None:
         target = resolve(arch, device)
         specs = kernel_specs(v["bits"], v["group"], v["sym"], v["act_order"], target.arch)
-        name = {"gptq_dequant": "dequant", "x_gather": "gather"}
+        name = {"gptq_dequant": "dequant", "x_gather": "gather", "gptq_gemm": "gemm", "x_pack": "pack"}
         found = {("gemv", s.m) if s.family == "gptq_gemv" else name[s.family]: get_kernel(s, device) for s in specs}
         _kernels[key] = found
     return found
@@ -65,7 +71,9 @@ def prepare(layout: IntLayout, device=None, arch: str | None = None) -> dict:
     found = _variant_kernels(layout, device, arch)
     if device.type == "cuda":
         _reserve_workspace(found, layout, device)
-        if _fused_prefill(layout, device):
+        if "gemm" in found:
+            mma_perm(layout)
+        elif _fused_prefill(layout, device):
             int_gemm_triton.warm(layout)
     return found
 
@@ -136,9 +144,66 @@ def _fused_prefill(layout: IntLayout, device, m: int = int_gemm_triton.MAX_M) ->
             and int_gemm_triton.available(layout, device))
 
 
+# Layout row order -> the k order of the wgmma GEMM's MMAs (templates/gptq_gemm.hip.j2): slot
+# 16j + 8h + 2t + e of a 32-row unit holds row 8t + 4j + 2h + e.
+_slot = torch.arange(32)
+_UNIT_ORDER = 8 * (_slot % 8 // 2) + 4 * (_slot // 16) + 2 * (_slot % 16 // 8) + _slot % 2
+
+
+def mma_perm(layout: IntLayout) -> torch.Tensor:
+    """The activation columns the wgmma GEMM reads, in its order (act-order's perm folded in);
+    computed once a layer, when it is prepared."""
+    found = getattr(layout, "_mma_perm", None)
+    if found is None:
+        rows = (torch.arange(0, layout.k, 32)[:, None] + _UNIT_ORDER[None, :]).flatten()
+        rows = rows.to(device=layout.qweight.device, dtype=torch.int32)
+        found = layout.perm[rows].contiguous() if layout.act_order else rows
+        layout._mma_perm = found
+    return found
+
+
+def _wgmma_fills(kernel, layout: IntLayout, m: int, device) -> bool:
+    """The wgmma GEMM where it is measured faster than dequantize + cuBLAS (H100, int4, M = 512): from
+    its tile of rows up, and where its blocks fill their last wave to 80% or more (the layers that
+    leave SMs idle -- Llama-3-8B qkv, o and down at M = 512 -- run faster through cuBLAS)."""
+    c = kernel.consts
+    if m < c["tokens"]:
+        return False
+    blocks = -(-layout.n_pad // c["columns"]) * -(-m // c["tokens"])
+    sms = splitk.multiprocessors(device)
+    return blocks >= 0.8 * sms * -(-blocks // sms)
+
+
+def _pack(kernel, x: torch.Tensor, perm: torch.Tensor, tokens: int) -> torch.Tensor:
+    """x_pack: x[:, perm] in the GEMM's [M tiles, K steps, tokens, 64] swizzled tiles, zero-padded."""
+    m, k = x.shape[0], perm.numel()
+    xp = torch.empty(-(-m // tokens) * -(-k // 64) * tokens * 64, dtype=torch.float16, device=x.device)
+    chunks, threads = xp.numel() // 8, kernel.consts["threads"]
+    kernel((-(-chunks // threads),), (threads,), x, perm, xp, m, k, x.stride(0), ctypes.c_longlong(chunks))
+    return xp
+
+
+def _wgmma_gemm(kernels: dict, x: torch.Tensor, layout: IntLayout, bias: torch.Tensor | None,
+                out: torch.Tensor | None = None) -> torch.Tensor:
+    """x_pack lays x out in the GEMM's tiles (through mma_perm), then the GEMM multiplies."""
+    gemm, m = kernels["gemm"], x.shape[0]
+    xp = _pack(kernels["pack"], x, mma_perm(layout), gemm.consts["tokens"])
+    if out is None:
+        out = torch.empty(m, layout.n, dtype=torch.float16, device=x.device)
+    c = gemm.consts
+    gemm((-(-layout.n_pad // c["columns"]), -(-m // c["tokens"])), (c["threads"],), xp, layout.qweight, layout.scales,
+         layout.zeros, layout.unit_group, bias, out, m, layout.k, layout.n, shared=c["shared"])
+    return out
+
+
 def gemm(x: torch.Tensor, layout: IntLayout, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """Prefill: the fused Triton GEMM for short prompts where it runs (NVIDIA sm_80+, 4/8-bit, M <= 64);
-    otherwise dequantize column strips into a bounded fp16 workspace and multiply each with BLAS."""
+    """Prefill: on an H100 (sm_90) the wgmma GEMM where it is faster (_wgmma_fills); else the fused
+    Triton GEMM for short prompts where it runs (NVIDIA sm_80+, 4/8-bit, M <= 64); otherwise
+    dequantize column strips into a bounded fp16 workspace and multiply each with BLAS."""
+    kernels = _variant_kernels(layout, x.device)
+    if ("gemm" in kernels and env.prefill_backend() == "auto"
+            and _wgmma_fills(kernels["gemm"], layout, x.shape[0], x.device)):
+        return _wgmma_gemm(kernels, x, layout, bias)
     xp = x.index_select(1, layout.perm) if layout.act_order else x
     if _fused_prefill(layout, x.device, x.shape[0]):
         return int_gemm_triton.gemm(xp, layout, bias)

@@ -51,6 +51,8 @@ class Kernel:
         self.pdl = bool(self.consts.get("pdl")) and env.pdl()
         with torch.cuda.device(device):
             self.module, self.function = self._driver.load(self.entry.binary, family.entry)
+            if self.consts.get("shared", 0) > 48 * 1024:      # dynamic shared memory past the default cap
+                self._driver.allow_shared(self.function, self.consts["shared"])
 
     def __call__(self, grid, block, *args, shared: int = 0, stream: int | None = None) -> None:
         grid = tuple(grid) + (1,) * (3 - len(grid))

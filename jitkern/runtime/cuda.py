@@ -91,6 +91,14 @@ def _pdl_attribute():
     return attr
 
 
+def allow_shared(function, nbytes: int) -> None:
+    """Let launches of `function` ask for `nbytes` of dynamic shared memory (above 48 KB needs this)."""
+    drv = _driver()
+    attr = drv.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+    (err,) = drv.cuFuncSetAttribute(function, attr, nbytes)
+    _check(err, "cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES)")
+
+
 def attributes(function) -> dict:
     drv = _driver()
     A = drv.CUfunction_attribute
