@@ -73,7 +73,7 @@ def prepare(layout: IntLayout, device=None, arch: str | None = None) -> dict:
         _reserve_workspace(found, layout, device)
         if "gemm" in found:
             mma_perm(layout)
-        elif _fused_prefill(layout, device):
+        if _fused_prefill(layout, device):              # short prompts, and layers the wgmma GEMM leaves
             int_gemm_triton.warm(layout)
     return found
 
