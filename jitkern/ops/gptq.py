@@ -165,7 +165,8 @@ def mma_perm(layout: IntLayout) -> torch.Tensor:
 def _wgmma_fills(kernel, layout: IntLayout, m: int, device) -> bool:
     """The wgmma GEMM where it is measured faster than dequantize + cuBLAS (H100, int4, M = 512): from
     its tile of rows up, and where its blocks fill their last wave to 80% or more (the layers that
-    leave SMs idle -- Llama-3-8B qkv, o and down at M = 512 -- run faster through cuBLAS)."""
+    leave SMs idle -- Llama-3-8B qkv, o and down and the 70B qkv at M = 512 -- run faster through
+    cuBLAS)."""
     c = kernel.consts
     if m < c["tokens"]:
         return False
