@@ -57,19 +57,23 @@ def default_options(arch: str) -> list[str]:
     return [f"--gpu-architecture={arch}", "-std=c++17", f"-I{include_dir()}"]
 
 
-def compile(source: str, arch: str, options: list[str], name: str = "kernel.cu") -> bytes:
-    """Compile CUDA source to a cubin."""
+def compile(source: str, arch: str, options: list[str], name: str = "kernel.cu", log: list | None = None) -> bytes:
+    """Compile CUDA source to a cubin; `log` (a list) receives the compiler's messages, e.g. ptxas's
+    with --ptxas-options=-v."""
     nvrtc = _nvrtc()
     (prog,) = _check(nvrtc.nvrtcCreateProgram(source.encode(), name.encode(), 0, [], []), "nvrtcCreateProgram")
     try:
         opts = [o.encode() for o in options]
         (err,) = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
         (size,) = _check(nvrtc.nvrtcGetProgramLogSize(prog), "nvrtcGetProgramLogSize")
-        log = b" " * size
+        raw = b" " * size
         if size:
-            _check(nvrtc.nvrtcGetProgramLog(prog, log), "nvrtcGetProgramLog")
+            _check(nvrtc.nvrtcGetProgramLog(prog, raw), "nvrtcGetProgramLog")
+        text = raw.rstrip(b"\0").decode(errors="replace")
+        if log is not None:
+            log.append(text)
         if int(err) != 0:
-            raise CompileError(name, arch, log.rstrip(b"\0").decode(errors="replace"), source, options)
+            raise CompileError(name, arch, text, source, options)
         (size,) = _check(nvrtc.nvrtcGetCUBINSize(prog), "nvrtcGetCUBINSize")
         cubin = b" " * size
         _check(nvrtc.nvrtcGetCUBIN(prog, cubin), "nvrtcGetCUBIN")

@@ -54,13 +54,14 @@ class Kernel:
             if self.consts.get("shared", 0) > 48 * 1024:      # dynamic shared memory past the default cap
                 self._driver.allow_shared(self.function, self.consts["shared"])
 
-    def __call__(self, grid, block, *args, shared: int = 0, stream: int | None = None) -> None:
+    def __call__(self, grid, block, *args, shared: int = 0, stream: int | None = None,
+                 cluster: tuple | None = None) -> None:
         grid = tuple(grid) + (1,) * (3 - len(grid))
         block = tuple(block) + (1,) * (3 - len(block))
         if stream is None:
             stream = torch.cuda.current_stream(self.device).cuda_stream
         cargs = [_c_arg(a) for a in args]
-        self._driver.launch(self.function, grid, block, cargs, shared, stream, self.pdl)
+        self._driver.launch(self.function, grid, block, cargs, shared, stream, self.pdl, cluster)
 
     def attributes(self) -> dict:
         """Registers, shared memory, local memory... as the driver reports them."""

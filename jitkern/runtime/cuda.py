@@ -57,29 +57,42 @@ _pdl_failed: list = []      # the driver's error, once a dependent launch was re
 _PDL_REFUSED = {"CUDA_ERROR_NOT_SUPPORTED", "CUDA_ERROR_INVALID_VALUE", "CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED"}
 
 
-def launch(function, grid, block, cargs, shared: int, stream: int, pdl: bool = False) -> None:
+def launch(function, grid, block, cargs, shared: int, stream: int, pdl: bool = False,
+           cluster: tuple | None = None) -> None:
     """pdl: programmatic dependent launch -- the kernel may start while the stream's previous kernel
     finishes, and must execute griddepcontrol.wait before it reads that kernel's results or writes.
     A driver that refuses it (older than CUDA 12.3 in graph capture, say) gets plain launches from
-    then on, with one warning."""
+    then on, with one warning.  cluster: blocks launched together as one cluster (sm_90+), whose
+    shared memory they can reach; never dropped."""
     drv = _driver()
     params = (ctypes.c_void_p * len(cargs))(*[ctypes.addressof(a) for a in cargs])
-    if pdl and not _pdl_failed:
+    pdl = pdl and not _pdl_failed
+    attrs = ([_pdl_attribute()] if pdl else []) + ([_cluster_attribute(*cluster)] if cluster else [])
+    if attrs:
         config = drv.CUlaunchConfig()
         config.gridDimX, config.gridDimY, config.gridDimZ = grid
         config.blockDimX, config.blockDimY, config.blockDimZ = block
         config.sharedMemBytes, config.hStream = shared, stream
-        config.attrs, config.numAttrs = [_pdl_attribute()], 1
+        config.attrs, config.numAttrs = attrs, len(attrs)
         (err,) = drv.cuLaunchKernelEx(config, function, ctypes.addressof(params), 0)
         if int(err) == 0:
             return
-        if getattr(err, "name", "") not in _PDL_REFUSED:
+        if not pdl or cluster or getattr(err, "name", "") not in _PDL_REFUSED:
             _check(err, "cuLaunchKernelEx")
         _pdl_failed.append(err)
         logging.getLogger("jitkern").warning(
             "programmatic dependent launch refused by the driver (%s); launching without it", err)
     (err,) = drv.cuLaunchKernel(function, *grid, *block, shared, stream, ctypes.addressof(params), 0)
     _check(err, "cuLaunchKernel")
+
+
+@lru_cache(maxsize=8)
+def _cluster_attribute(x: int, y: int, z: int):
+    drv = _driver()
+    attr = drv.CUlaunchAttribute()
+    attr.id = drv.CUlaunchAttributeID.CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION
+    attr.value.clusterDim.x, attr.value.clusterDim.y, attr.value.clusterDim.z = x, y, z
+    return attr
 
 
 @lru_cache(maxsize=1)

@@ -34,8 +34,12 @@ def load(binary: bytes, name: str):
     return module, function
 
 
-def launch(function, grid, block, cargs, shared: int, stream: int, pdl: bool = False) -> None:
-    """pdl is NVIDIA's programmatic dependent launch; HIP has none, so kernels run in stream order."""
+def launch(function, grid, block, cargs, shared: int, stream: int, pdl: bool = False,
+           cluster: tuple | None = None) -> None:
+    """pdl is NVIDIA's programmatic dependent launch; HIP has none, so kernels run in stream order.
+    Thread-block clusters are NVIDIA-only too: no HIP kernel asks for one."""
+    if cluster:
+        raise ValueError(f"cluster: thread-block clusters are NVIDIA-only, got {cluster} on HIP")
     hip = _hip()
     params = [ctypes.addressof(a) for a in cargs]
     _check(hip.hipModuleLaunchKernel(function, *grid, *block, shared, stream, params, None),
