@@ -133,7 +133,7 @@ def _gemm_consts(spec) -> dict:
     stage = spec.m * 128 + wgs * (4 * spec.bits * 128 + 2 * 64 * 3)
     stage = (stage + 1023) // 1024 * 1024
     stages = min(8, (200 * 1024) // stage)
-    return {"threads": 128 * wgs + 32, "warpgroups": wgs, "tokens": spec.m, "columns": 64 * wgs, "stages": stages,
+    return {"threads": 128 * wgs + 128, "warpgroups": wgs, "tokens": spec.m, "columns": 64 * wgs, "stages": stages,
             "stage_bytes": stage, "shared": stages * stage + 1024 + 16 * stages}
 
 

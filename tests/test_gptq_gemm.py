@@ -48,3 +48,45 @@ def test_wgmma_gemm_compiles_for_sm_90a():
         entry = cache.get(KernelSpec("gptq_gemm", "gptq", bits=bits, group=128, m=GEMM_TOKENS[0], arch="sm_90",
                                      options={"act_order": True}))
         assert "--gpu-architecture=sm_90a" in entry.options and len(entry.binary) > 0
+
+
+def test_wgmma_mmas_of_consecutive_steps_overlap():
+    """ptxas serializes every wgmma (each waits for the one before: 0.57 of fp16's speed instead of 0.67
+    on an H100) when the accumulators are touched between them or two steps' A registers do not fit;
+    it says so in its log (C7510-C7520, "Potential Performance Loss").  Every variant must compile
+    without that note and without spills."""
+    from jitkern.compiler import nvrtc
+
+    try:
+        nvrtc.fingerprint(), nvrtc.include_dir()
+    except Exception as e:                           # BackendMissing, or no libnvrtc
+        pytest.skip(f"NVRTC not usable here: {e}")
+    for bits, group, sym, act_order in ((2, 32, False, False), (3, 128, True, True), (4, 128, False, False),
+                                        (4, -1, True, False), (8, 64, False, True)):
+        spec = KernelSpec("gptq_gemm", "gptq", bits=bits, group=group, m=GEMM_TOKENS[0], arch="sm_90",
+                          options={"sym": sym, "act_order": act_order})
+        log: list = []
+        nvrtc.compile(render(spec), "sm_90a", nvrtc.default_options("sm_90a") + ["--ptxas-options=-v"], log=log)
+        assert "Used" in log[0], log[0]                  # ptxas did report
+        assert "Performance Loss" not in log[0] and " 0 bytes spill stores" in log[0], (spec, log[0])
+
+
+class _Layout:
+    def __init__(self, n, k):
+        self.n_pad, self.k = -(-n // 32) * 32, k
+
+
+@pytest.mark.parametrize("shape,plan", [
+    ((6144, 4096), (48, 2, 1)),      # Llama-3-8B qkv: 96 blocks, 73% of the SMs busy
+    ((4096, 4096), None),            # 8B o: 64 blocks, and K too short to split
+    ((28672, 4096), (224, 2, 1)),    # 8B gate_up
+    ((4096, 14336), (32, 2, 2)),     # 8B down: 64 blocks, K split in two
+    ((10240, 8192), (80, 2, 1)),     # 70B qkv: 160 blocks, the second wave 21% full: 61% busy
+    ((8192, 8192), (64, 2, 1)), ((57344, 8192), (448, 2, 1)), ((8192, 28672), (64, 2, 1)),
+])
+def test_wgmma_plan_on_an_h100(monkeypatch, shape, plan):
+    """The op's choice at M = 512 on 132 SMs, as measured (jitkern/ops/gptq.py, _wgmma_plan)."""
+    monkeypatch.setattr(gptq.splitk, "multiprocessors", lambda device: 132)
+    kernel = type("K", (), {"consts": {"tokens": 256, "columns": 128}})()
+    assert gptq._wgmma_plan(kernel, _Layout(*shape), 512, None) == plan
+    assert gptq._wgmma_plan(kernel, _Layout(*shape), 255, None) is None

@@ -46,6 +46,23 @@ def test_wgmma_gemm_matches_float64(seed, bits, group, sym, act_order, fmt):
     assert err < 1e-3, f"bits={bits} group={group} sym={sym} act_order={act_order} err={err} seed={seed}"
 
 
+@pytest.mark.parametrize("bits,group,sym,act_order,fmt", [(4, 128, False, False, "gptq_v2"), (3, 32, True, True, "gptq"),
+                                                          (8, -1, False, True, "gptq")])
+def test_wgmma_gemm_split_k_matches_float64(seed, bits, group, sym, act_order, fmt):
+    """K split over a cluster of blocks that reduce through distributed shared memory: K = 544 is 9
+    steps, so the two splits run 4 and 5 of them (the last one half past K)."""
+    n = 200 if bits in (4, 8) else 224
+    layout, ref_w = make(seed, bits, group, sym, act_order, fmt, n=n, k=544)
+    g = torch.Generator().manual_seed(seed + 1)
+    x = torch.randn(300, ref_w.shape[1], generator=g).half()
+    bias = torch.randn(n, generator=g).half()
+    out = torch.full((300, n), float("nan"), dtype=torch.float16, device=DEV)
+    ops._wgmma_gemm(kernels(layout), x.to(DEV), layout, bias.to(DEV), out=out, splits=2)
+    torch.cuda.synchronize()
+    err = rel_err(out, x.double() @ ref_w.T + bias.double())
+    assert err < 1e-3, f"bits={bits} group={group} err={err} seed={seed}"
+
+
 def test_x_pack_tiles_are_exact(seed):
     """Tile (i, s) row r holds token 256 i + r's activations at layout rows 64 s + mma order, its
     16-byte chunk c at c ^ (r % 8); tokens past M and rows past K are zeros."""
@@ -66,17 +83,18 @@ def test_x_pack_tiles_are_exact(seed):
 
 
 def test_prefill_takes_the_wgmma_gemm_where_it_fills_the_gpu(seed, monkeypatch):
-    """A layer of 132 * 128 columns at M = 256 fills one wave: gemm() runs the wgmma kernel (and is
-    right); at M = 64 it does not."""
+    """A layer of 132 * 128 columns at M = 256 fills one wave: gemm() runs the wgmma kernel unsplit (and
+    is right); at M = 64 it does not.  One of 16 * 128 columns and K = 8192 has 64 blocks at M = 1024:
+    it splits K in two (128 blocks)."""
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    layout, ref_w = make(seed, 4, 128, True, False, "gptq", n=sms * 128, k=256)
-    kernels(layout)
     calls = []
     real = ops._wgmma_gemm
-    monkeypatch.setattr(ops, "_wgmma_gemm", lambda *a, **kw: calls.append(1) or real(*a, **kw))
-    for m, used in ((256, True), (64, False)):
+    monkeypatch.setattr(ops, "_wgmma_gemm", lambda *a, **kw: calls.append(kw.get("splits", 1)) or real(*a, **kw))
+    for n, k, m, used in ((sms * 128, 256, 256, [1]), (sms * 128, 256, 64, []), (16 * 128, 8192, 1024, [2])):
+        layout, ref_w = make(seed, 4, 128, True, False, "gptq", n=n, k=k)
+        kernels(layout)
         calls.clear()
-        x = torch.randn(m, 256, generator=torch.Generator().manual_seed(seed + m)).half()
+        x = torch.randn(m, k, generator=torch.Generator().manual_seed(seed + m)).half()
         out = ops.linear(x.to(DEV), layout)
-        assert bool(calls) is used
+        assert calls == used, (n, k, m)
         assert rel_err(out, x.double() @ ref_w.T) < 1e-3

@@ -218,8 +218,9 @@ def run_int(c: Case, dev: str, g: torch.Generator, failures: list) -> None:
     _check(out, x.double() @ ref_w.t(), x, ref_w, f"{c.name} prefill in strips", failures)
     found = ops.prepare(layout)
     if "gemm" in found:                                # the Hopper wgmma GEMM, whatever the layer's size
-        out = ops._wgmma_gemm(found, x.to(dev), layout, None)
-        _check(out, x.double() @ ref_w.t(), x, ref_w, f"{c.name} wgmma prefill", failures)
+        for splits in sorted({1, min(2, -(-layout.k // 64))}):    # and K split over a cluster
+            out = ops._wgmma_gemm(found, x.to(dev), layout, None, splits=splits)
+            _check(out, x.double() @ ref_w.t(), x, ref_w, f"{c.name} wgmma prefill, {splits} split(s)", failures)
     tiles = layout.n_pad // TILE_N
     cpu = layout.to("cpu")
     q, z = unpack_layout(cpu)

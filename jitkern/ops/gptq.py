@@ -10,6 +10,7 @@ import ctypes
 import torch
 
 from .. import env
+from ..formats.checks import expect
 from ..formats.layout import TILE_N, IntLayout
 from ..runtime import get_kernel
 from . import blas, int_gemm_triton, splitk
@@ -162,17 +163,31 @@ def mma_perm(layout: IntLayout) -> torch.Tensor:
     return found
 
 
-def _wgmma_fills(kernel, layout: IntLayout, m: int, device) -> bool:
-    """The wgmma GEMM where it is measured faster than dequantize + cuBLAS (H100, int4, M = 512): from
-    its tile of rows up, and where its blocks fill their last wave to 80% or more (the layers that
-    leave SMs idle -- Llama-3-8B qkv, o and down and the 70B qkv at M = 512 -- run faster through
-    cuBLAS)."""
+GEMM_SPLITS = (1, 2)         # K splits of the wgmma GEMM: a cluster of that many blocks per output tile
+MIN_SPLIT_STEPS = 64         # 64-row steps a split runs at least
+
+
+def _wgmma_plan(kernel, layout: IntLayout, m: int, device) -> tuple[int, int, int] | None:
+    """The wgmma GEMM's grid (column blocks, token tiles, K splits), or None where dequantize + cuBLAS
+    is faster.  H100, int4, M = 512 (fractions of fp16 cuBLAS): the GEMM is at least as fast as
+    dequantize + cuBLAS where 60% or more of the SMs stay busy through the last wave (Llama-3-8B qkv
+    0.63-0.72 vs 0.59-0.60, 70B qkv 0.53-0.59 vs 0.54-0.55).  A layer with fewer blocks splits K in
+    two (GEMM_SPLITS: the template's reduction needs splits to divide 32) where each half still runs
+    64 steps: the 8B down (K = 14336) goes from 0.50 to 0.66-0.70 (cuBLAS 0.54-0.56), while the 8B o
+    (K = 4096) split ran at 0.58, under cuBLAS's 0.62, and four splits were slower everywhere (only
+    30 clusters of 4 fit the H100 at once)."""
     c = kernel.consts
     if m < c["tokens"]:
-        return False
-    blocks = -(-layout.n_pad // c["columns"]) * -(-m // c["tokens"])
+        return None
+    columns, tiles, steps = -(-layout.n_pad // c["columns"]), -(-m // c["tokens"]), -(-layout.k // 64)
     sms = splitk.multiprocessors(device)
-    return blocks >= 0.8 * sms * -(-blocks // sms)
+    for splits in GEMM_SPLITS:
+        blocks = columns * tiles * splits
+        if splits > 1 and steps < splits * MIN_SPLIT_STEPS:
+            break
+        if blocks >= 0.6 * sms * -(-blocks // sms):
+            return columns, tiles, splits
+    return None
 
 
 def _pack(kernel, x: torch.Tensor, perm: torch.Tensor, tokens: int) -> torch.Tensor:
@@ -185,26 +200,32 @@ def _pack(kernel, x: torch.Tensor, perm: torch.Tensor, tokens: int) -> torch.Ten
 
 
 def _wgmma_gemm(kernels: dict, x: torch.Tensor, layout: IntLayout, bias: torch.Tensor | None,
-                out: torch.Tensor | None = None) -> torch.Tensor:
-    """x_pack lays x out in the GEMM's tiles (through mma_perm), then the GEMM multiplies."""
+                out: torch.Tensor | None = None, splits: int = 1) -> torch.Tensor:
+    """x_pack lays x out in the GEMM's tiles (through mma_perm), then the GEMM multiplies, K split
+    across clusters of `splits` blocks."""
     gemm, m = kernels["gemm"], x.shape[0]
-    xp = _pack(kernels["pack"], x, mma_perm(layout), gemm.consts["tokens"])
+    c = gemm.consts
+    steps = -(-layout.k // 64)
+    expect(splits in GEMM_SPLITS and splits <= steps, "splits", f"one of {GEMM_SPLITS}, at most {steps}", splits)
+    xp = _pack(kernels["pack"], x, mma_perm(layout), c["tokens"])
     if out is None:
         out = torch.empty(m, layout.n, dtype=torch.float16, device=x.device)
-    c = gemm.consts
-    gemm((-(-layout.n_pad // c["columns"]), -(-m // c["tokens"])), (c["threads"],), xp, layout.qweight, layout.scales,
-         layout.zeros, layout.unit_group, bias, out, m, layout.k, layout.n, shared=c["shared"])
+    grid = (-(-layout.n_pad // c["columns"]), -(-m // c["tokens"]), splits)
+    gemm(grid, (c["threads"],), xp, layout.qweight, layout.scales, layout.zeros, layout.unit_group, bias, out, m,
+         layout.k, layout.n, shared=c["shared"], cluster=(1, 1, splits) if splits > 1 else None)
     return out
 
 
 def gemm(x: torch.Tensor, layout: IntLayout, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """Prefill: on an H100 (sm_90) the wgmma GEMM where it is faster (_wgmma_fills); else the fused
+    """Prefill: on an H100 (sm_90) the wgmma GEMM where it is faster (_wgmma_plan); else the fused
     Triton GEMM for short prompts where it runs (NVIDIA sm_80+, 4/8-bit, M <= 64); otherwise
     dequantize column strips into a bounded fp16 workspace and multiply each with BLAS."""
     kernels = _variant_kernels(layout, x.device)
-    if ("gemm" in kernels and env.prefill_backend() == "auto"
-            and _wgmma_fills(kernels["gemm"], layout, x.shape[0], x.device)):
-        return _wgmma_gemm(kernels, x, layout, bias)
+    plan = None
+    if "gemm" in kernels and env.prefill_backend() == "auto":
+        plan = _wgmma_plan(kernels["gemm"], layout, x.shape[0], x.device)
+    if plan is not None:
+        return _wgmma_gemm(kernels, x, layout, bias, splits=plan[2])
     xp = x.index_select(1, layout.perm) if layout.act_order else x
     if _fused_prefill(layout, x.device, x.shape[0]):
         return int_gemm_triton.gemm(xp, layout, bias)
