@@ -123,12 +123,12 @@ def _dense_consts(spec) -> dict:
 
 
 def _gemm_consts(spec) -> dict:
-    # Two consumer warpgroups (64 output columns each, `m` tokens) and one producer warp a block, one
-    # block an SM; a stage is 64 rows of K: the activation tile (shared by the warpgroups), four
-    # tiles' words, and 2 units' scales and zero points.  H100, int4 M = 512: 256 tokens by 128 columns
-    # 0.57 of fp16's throughput (geomean of the Llama-3 shapes), 128 x 128 0.47, 64 x 256 (4 warpgroups)
-    # 0.32, 256 x 64 0.50 -- every block re-reads its activations from L2 (x_pack'ed, M x K x 2 bytes
-    # a block column), which bounds these shapes, so wider blocks win where the grid still fills.
+    # Two consumer warpgroups (64 output columns each, `m` tokens) and a producer warpgroup a block,
+    # one block an SM; a stage is 64 rows of K: the activation tile (shared by the warpgroups), four
+    # tiles' words, and 2 units' scales and zero points.  H100, int4 M = 512, geomean of the Llama-3
+    # shapes, all through this GEMM, measured while ptxas still serialized the wgmmas: 256 tokens by
+    # 128 columns 0.57 of fp16's throughput, 128 x 128 0.47, 64 x 256 (4 warpgroups) 0.32, 256 x 64
+    # 0.50; with the MMAs overlapping, 256 x 128 reaches 0.67.
     wgs = 2
     stage = spec.m * 128 + wgs * (4 * spec.bits * 128 + 2 * 64 * 3)
     stage = (stage + 1023) // 1024 * 1024
