@@ -167,6 +167,11 @@ GEMM_SPLITS = (1, 2)         # K splits of the wgmma GEMM: a cluster of that man
 MIN_SPLIT_STEPS = 64         # 64-row steps a split runs at least
 
 
+def _wgmma_shape(consts: dict, layout: IntLayout, m: int) -> tuple[int, int, int]:
+    """The wgmma GEMM's column blocks, token tiles and 64-row steps of K for M tokens."""
+    return -(-layout.n_pad // consts["columns"]), -(-m // consts["tokens"]), -(-layout.k // 64)
+
+
 def _wgmma_plan(kernel, layout: IntLayout, m: int, device) -> tuple[int, int, int] | None:
     """The wgmma GEMM's grid (column blocks, token tiles, K splits), or None where dequantize + cuBLAS
     is faster.  H100, int4, M = 512 (fractions of fp16 cuBLAS): the GEMM is at least as fast as
@@ -179,7 +184,7 @@ def _wgmma_plan(kernel, layout: IntLayout, m: int, device) -> tuple[int, int, in
     c = kernel.consts
     if m < c["tokens"]:
         return None
-    columns, tiles, steps = -(-layout.n_pad // c["columns"]), -(-m // c["tokens"]), -(-layout.k // 64)
+    columns, tiles, steps = _wgmma_shape(c, layout, m)
     sms = splitk.multiprocessors(device)
     for splits in GEMM_SPLITS:
         blocks = columns * tiles * splits
@@ -205,14 +210,14 @@ def _wgmma_gemm(kernels: dict, x: torch.Tensor, layout: IntLayout, bias: torch.T
     across clusters of `splits` blocks."""
     gemm, m = kernels["gemm"], x.shape[0]
     c = gemm.consts
-    steps = -(-layout.k // 64)
+    columns, tiles, steps = _wgmma_shape(c, layout, m)
     expect(splits in GEMM_SPLITS and splits <= steps, "splits", f"one of {GEMM_SPLITS}, at most {steps}", splits)
     xp = _pack(kernels["pack"], x, mma_perm(layout), c["tokens"])
     if out is None:
         out = torch.empty(m, layout.n, dtype=torch.float16, device=x.device)
-    grid = (-(-layout.n_pad // c["columns"]), -(-m // c["tokens"]), splits)
-    gemm(grid, (c["threads"],), xp, layout.qweight, layout.scales, layout.zeros, layout.unit_group, bias, out, m,
-         layout.k, layout.n, shared=c["shared"], cluster=(1, 1, splits) if splits > 1 else None)
+    gemm((columns, tiles, splits), (c["threads"],), xp, layout.qweight, layout.scales, layout.zeros,
+         layout.unit_group, bias, out, m, layout.k, layout.n, shared=c["shared"],
+         cluster=(1, 1, splits) if splits > 1 else None)
     return out
 
 

@@ -77,7 +77,7 @@ def launch(function, grid, block, cargs, shared: int, stream: int, pdl: bool = F
         (err,) = drv.cuLaunchKernelEx(config, function, ctypes.addressof(params), 0)
         if int(err) == 0:
             return
-        if not pdl or cluster or getattr(err, "name", "") not in _PDL_REFUSED:
+        if cluster or getattr(err, "name", "") not in _PDL_REFUSED:   # only a lone PDL request falls back
             _check(err, "cuLaunchKernelEx")
         _pdl_failed.append(err)
         logging.getLogger("jitkern").warning(
