@@ -174,13 +174,13 @@ def _wgmma_shape(consts: dict, layout: IntLayout, m: int) -> tuple[int, int, int
 
 def _wgmma_plan(kernel, layout: IntLayout, m: int, device) -> tuple[int, int, int] | None:
     """The wgmma GEMM's grid (column blocks, token tiles, K splits), or None where dequantize + cuBLAS
-    is faster.  H100, int4, M = 512 (fractions of fp16 cuBLAS): the GEMM is at least as fast as
-    dequantize + cuBLAS where 60% or more of the SMs stay busy through the last wave (Llama-3-8B qkv
-    0.63-0.72 vs 0.59-0.60, 70B qkv 0.53-0.59 vs 0.54-0.55).  A layer with fewer blocks splits K in
-    two (GEMM_SPLITS: the template's reduction needs splits to divide 32) where each half still runs
-    64 steps: the 8B down (K = 14336) goes from 0.50 to 0.66-0.70 (cuBLAS 0.54-0.56), while the 8B o
-    (K = 4096) split ran at 0.58, under cuBLAS's 0.62, and four splits were slower everywhere (only
-    30 clusters of 4 fit the H100 at once)."""
+    is faster.  H100, int4, M = 512 (fractions of fp16 cuBLAS, each plan forced in one run): the GEMM
+    wins where 60% or more of the SMs stay busy through the last wave (Llama-3-8B qkv 0.78 against
+    cuBLAS's 0.60, 70B qkv 0.64 against 0.54).  A layer with fewer blocks splits K in two
+    (GEMM_SPLITS: the template's reduction needs splits to divide 32) where each half still runs 64
+    steps: the 8B down (K = 14336) 0.75 split, 0.56 unsplit, 0.55 through cuBLAS.  The 8B o (K = 4096)
+    stays with cuBLAS: 0.62, against 0.60 split and 0.52 unsplit; the 8B qkv split ran at 0.48, and
+    four splits were slower everywhere (only 30 clusters of 4 fit the H100 at once)."""
     c = kernel.consts
     if m < c["tokens"]:
         return None
@@ -204,6 +204,17 @@ def _pack(kernel, x: torch.Tensor, perm: torch.Tensor, tokens: int) -> torch.Ten
     return xp
 
 
+def _weight_map(layout: IntLayout, consts: dict):
+    """The GEMM's TMA map of the packed words [N_pad/32, K*bits/32, 32]: a box is one 64-row step of a
+    block's tiles, so a step's weights are one copy (four 1D copies of its tiles ran 13% slower)."""
+    from ..runtime import cuda
+
+    q = layout.qweight
+    expect(q.is_contiguous() and q.element_size() == 4, "layout.qweight", "contiguous 32-bit words", q.stride())
+    box = (TILE_N, 2 * layout.bits, consts["columns"] // TILE_N)
+    return cuda.tensor_map_u32(q.data_ptr(), tuple(reversed(q.shape)), box)
+
+
 def _wgmma_gemm(kernels: dict, x: torch.Tensor, layout: IntLayout, bias: torch.Tensor | None,
                 out: torch.Tensor | None = None, splits: int = 1) -> torch.Tensor:
     """x_pack lays x out in the GEMM's tiles (through mma_perm), then the GEMM multiplies, K split
@@ -215,7 +226,7 @@ def _wgmma_gemm(kernels: dict, x: torch.Tensor, layout: IntLayout, bias: torch.T
     xp = _pack(kernels["pack"], x, mma_perm(layout), c["tokens"])
     if out is None:
         out = torch.empty(m, layout.n, dtype=torch.float16, device=x.device)
-    gemm((columns, tiles, splits), (c["threads"],), xp, layout.qweight, layout.scales, layout.zeros,
+    gemm((columns, tiles, splits), (c["threads"],), xp, _weight_map(layout, c), layout.scales, layout.zeros,
          layout.unit_group, bias, out, m, layout.k, layout.n, shared=c["shared"],
          cluster=(1, 1, splits) if splits > 1 else None)
     return out

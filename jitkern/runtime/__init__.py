@@ -31,7 +31,7 @@ def _c_arg(a):
         return ctypes.c_int(a)
     if isinstance(a, float):
         return ctypes.c_float(a)
-    if isinstance(a, ctypes._SimpleCData):
+    if isinstance(a, (ctypes._SimpleCData, ctypes.Structure)):    # a Structure: by value (a TMA map)
         return a
     raise TypeError(f"kernel argument of type {type(a).__name__} is not supported")
 
