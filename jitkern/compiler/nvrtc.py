@@ -4,6 +4,7 @@ from __future__ import annotations
 import glob
 import os
 import sys
+from contextlib import contextmanager
 from functools import lru_cache
 
 from . import BackendMissing, CompileError
@@ -57,9 +58,9 @@ def default_options(arch: str) -> list[str]:
     return [f"--gpu-architecture={arch}", "-std=c++17", f"-I{include_dir()}"]
 
 
-def compile(source: str, arch: str, options: list[str], name: str = "kernel.cu", log: list | None = None) -> bytes:
-    """Compile CUDA source to a cubin; `log` (a list) receives the compiler's messages, e.g. ptxas's
-    with --ptxas-options=-v."""
+@contextmanager
+def _program(source: str, arch: str, options: list[str], name: str, log: list | None):
+    """A compiled NVRTC program (destroyed on exit); `log` receives the compiler's messages."""
     nvrtc = _nvrtc()
     (prog,) = _check(nvrtc.nvrtcCreateProgram(source.encode(), name.encode(), 0, [], []), "nvrtcCreateProgram")
     try:
@@ -74,9 +75,25 @@ def compile(source: str, arch: str, options: list[str], name: str = "kernel.cu",
             log.append(text)
         if int(err) != 0:
             raise CompileError(name, arch, text, source, options)
+        yield nvrtc, prog
+    finally:
+        nvrtc.nvrtcDestroyProgram(prog)
+
+
+def compile(source: str, arch: str, options: list[str], name: str = "kernel.cu", log: list | None = None) -> bytes:
+    """Compile CUDA source to a cubin; `log` (a list) receives the compiler's messages, e.g. ptxas's
+    with --ptxas-options=-v."""
+    with _program(source, arch, options, name, log) as (nvrtc, prog):
         (size,) = _check(nvrtc.nvrtcGetCUBINSize(prog), "nvrtcGetCUBINSize")
         cubin = b" " * size
         _check(nvrtc.nvrtcGetCUBIN(prog, cubin), "nvrtcGetCUBIN")
         return cubin
-    finally:
-        nvrtc.nvrtcDestroyProgram(prog)
+
+
+def ptx(source: str, arch: str, name: str = "kernel.cu") -> str:
+    """The PTX of CUDA source for a virtual architecture (e.g. compute_90a), to inspect what it issues."""
+    with _program(source, arch, default_options(arch), name, None) as (nvrtc, prog):
+        (size,) = _check(nvrtc.nvrtcGetPTXSize(prog), "nvrtcGetPTXSize")
+        text = b" " * size
+        _check(nvrtc.nvrtcGetPTX(prog, text), "nvrtcGetPTX")
+        return text.rstrip(b"\0").decode()
