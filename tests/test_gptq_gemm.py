@@ -1,6 +1,8 @@
 """The wgmma prefill GEMM's host side, on the CPU: its k order, its targets and its kernel list."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
 from jitkern.families import GEMM_TOKENS
@@ -115,3 +117,16 @@ def test_wgmma_producer_issues_few_copies_a_step(bits, group, sym, act_order, pe
     tensor = ptx.count("cp.async.bulk.tensor.3d.shared::cluster.global")
     bulk = ptx.count("cp.async.bulk.shared::cluster.global")
     assert tensor > 0 and bulk == per_step * tensor, (tensor, bulk)
+
+
+def test_weight_map_refuses_words_a_tensor_map_cannot_describe():
+    """The TMA map needs contiguous, 16-byte aligned words: anything else is a ValueError naming the
+    tensor, before the driver is asked."""
+    import torch
+
+    words = torch.zeros(4 * 8 * 64 + 4, dtype=torch.int32)
+    strided = words[: 4 * 8 * 64].view(4, 8, 64)[:, :, :32]
+    misaligned = words[1: 1 + 4 * 8 * 32].view(4, 8, 32)          # contiguous, 4 bytes past alignment
+    for q in (strided, misaligned):
+        with pytest.raises(ValueError, match="layout.qweight"):
+            gptq._weight_map(SimpleNamespace(qweight=q, bits=4), {"columns": 128})

@@ -210,7 +210,8 @@ def _weight_map(layout: IntLayout, consts: dict):
     from ..runtime import cuda
 
     q = layout.qweight
-    expect(q.is_contiguous() and q.element_size() == 4, "layout.qweight", "contiguous 32-bit words", q.stride())
+    expect(q.is_contiguous() and q.element_size() == 4 and q.data_ptr() % 16 == 0, "layout.qweight",
+           "contiguous, 16-byte aligned 32-bit words", f"strides {q.stride()}, address {q.data_ptr():#x}")
     box = (TILE_N, 2 * layout.bits, consts["columns"] // TILE_N)
     return cuda.tensor_map_u32(q.data_ptr(), tuple(reversed(q.shape)), box)
 
