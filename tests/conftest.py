@@ -63,3 +63,18 @@ def hiprtc_available() -> bool:
 
 
 requires_hiprtc = pytest.mark.skipif(not hiprtc_available(), reason="hiprtc not installed")
+
+
+def nvrtc_available() -> bool:
+    """cuda-bindings' NVRTC loads and finds its headers."""
+    try:
+        from jitkern.compiler import nvrtc
+
+        nvrtc.fingerprint()
+        nvrtc.include_dir()
+        return True
+    except Exception:
+        return False
+
+
+requires_nvrtc = pytest.mark.skipif(not nvrtc_available(), reason="NVRTC (cuda-bindings + headers) not installed")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import requires_hiprtc
+from conftest import nvrtc_available, requires_hiprtc
 from jitkern import cache
 from jitkern.compiler import BackendMissing, CompileError
 from jitkern.spec import KernelSpec
@@ -25,18 +25,6 @@ AMD_HINT = "apt-get install libamdhip64-dev libhiprtc-builtins5"
 NV_HINT = "pip install 'jitkern[cuda]'"
 
 
-def nvrtc_available() -> bool:
-    try:
-        from jitkern.compiler import nvrtc
-
-        nvrtc.fingerprint()
-        nvrtc.include_dir()
-        return True
-    except Exception:
-        return False
-
-
-requires_nvrtc = pytest.mark.skipif(not nvrtc_available(), reason="NVRTC (cuda-bindings + headers) not installed")
 
 # Runs in a fresh process (the compiler libraries are loaded once per process): make one backend's
 # library unloadable, then report what cache.get and `jitkern warmup` say, and whether the other

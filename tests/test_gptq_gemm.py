@@ -5,6 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from conftest import requires_nvrtc
 from jitkern.families import GEMM_TOKENS
 from jitkern.ops import gptq
 from jitkern.render import render
@@ -37,21 +38,18 @@ def test_wgmma_source_uses_the_tensor_memory_path():
         assert needle in src, needle
 
 
+@requires_nvrtc
 def test_wgmma_gemm_compiles_for_sm_90a():
     """wgmma exists on sm_90a only: the family's arch suffix reaches NVRTC (where it is installed)."""
     from jitkern import cache
-    from jitkern.compiler import nvrtc
 
-    try:
-        nvrtc.fingerprint(), nvrtc.include_dir()
-    except Exception as e:                           # BackendMissing, or no libnvrtc
-        pytest.skip(f"NVRTC not usable here: {e}")
     for bits in (3, 4, 8):
         entry = cache.get(KernelSpec("gptq_gemm", "gptq", bits=bits, group=128, m=GEMM_TOKENS[0], arch="sm_90",
                                      options={"act_order": True}))
         assert "--gpu-architecture=sm_90a" in entry.options and len(entry.binary) > 0
 
 
+@requires_nvrtc
 def test_wgmma_mmas_of_consecutive_steps_overlap():
     """ptxas serializes every wgmma (each waits for the one before: 0.57 of fp16's speed instead of 0.67
     on an H100) when the accumulators are touched between them or two steps' A registers do not fit;
@@ -59,10 +57,6 @@ def test_wgmma_mmas_of_consecutive_steps_overlap():
     without that note and without spills."""
     from jitkern.compiler import nvrtc
 
-    try:
-        nvrtc.fingerprint(), nvrtc.include_dir()
-    except Exception as e:                           # BackendMissing, or no libnvrtc
-        pytest.skip(f"NVRTC not usable here: {e}")
     for bits, group, sym, act_order in ((2, 32, False, False), (3, 128, True, True), (4, 128, False, False),
                                         (4, -1, True, False), (8, 64, False, True)):
         spec = KernelSpec("gptq_gemm", "gptq", bits=bits, group=group, m=GEMM_TOKENS[0], arch="sm_90",
@@ -94,6 +88,7 @@ def test_wgmma_plan_on_an_h100(monkeypatch, shape, plan):
     assert gptq._wgmma_plan(kernel, _Layout(*shape), 255, None) is None
 
 
+@requires_nvrtc
 @pytest.mark.parametrize("bits,group,sym,act_order,per_step", [
     (4, 128, True, False, 2),     # x, and the scales the step's two units share
     (4, -1, False, False, 3),     # x, scales, zero points
@@ -107,10 +102,6 @@ def test_wgmma_producer_issues_few_copies_a_step(bits, group, sym, act_order, pe
     step has exactly one tensor copy, so the bulk copies per tensor copy are the bulk copies a step."""
     from jitkern.compiler import nvrtc
 
-    try:
-        nvrtc.fingerprint(), nvrtc.include_dir()
-    except Exception as e:                           # BackendMissing, or no libnvrtc
-        pytest.skip(f"NVRTC not usable here: {e}")
     spec = KernelSpec("gptq_gemm", "gptq", bits=bits, group=group, m=GEMM_TOKENS[0], arch="sm_90",
                       options={"sym": sym, "act_order": act_order})
     ptx = nvrtc.ptx(render(spec), "compute_90a")
