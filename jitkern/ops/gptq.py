@@ -40,7 +40,8 @@ def kernel_specs(bits: int, group: int, sym: bool, act_order: bool, arch: str,
     specs.append(KernelSpec("gptq_dequant", "gptq", bits=bits, group=group, arch=arch, options=opts))
     if act_order and not get_family("gptq_gemv").consts(specs[0])["gathers_x"]:
         specs.append(KernelSpec("x_gather", "f16", arch=arch))
-    if Target(arch).vendor == "nvidia" and Target(arch).sm in get_family("gptq_gemm").sms:
+    target = Target(arch)
+    if target.vendor == "nvidia" and target.sm in get_family("gptq_gemm").sms:
         specs.append(KernelSpec("gptq_gemm", "gptq", bits=bits, group=group, m=GEMM_TOKENS[0], arch=arch,
                                 options=opts))
         specs.append(KernelSpec("x_pack", "f16", m=GEMM_TOKENS[0], arch=arch))
