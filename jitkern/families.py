@@ -138,7 +138,7 @@ def _gemm_consts(spec) -> dict:
             "stage_bytes": stage, "shared": stages * stage + 1024 + 16 * stages}
 
 
-GEMM_TOKENS = (256,)
+GEMM_TOKENS = (256, 128)
 # Prefill GEMM over the int layout on Hopper tensor cores (wgmma, A = weights unpacked in registers),
 # `m` tokens a block.
 register(Family("gptq_gemm", "gptq_gemm.hip.j2", fmts=("gptq",), bits=SUPPORTED_BITS, groups=GROUPS,

@@ -73,19 +73,21 @@ class _Layout:
 
 
 @pytest.mark.parametrize("shape,plan", [
-    ((6144, 4096), (48, 2, 1)),      # Llama-3-8B qkv: 96 blocks, 73% of the SMs busy
-    ((4096, 4096), None),            # 8B o: 64 blocks, and K too short to split
-    ((28672, 4096), (224, 2, 1)),    # 8B gate_up
-    ((4096, 14336), (32, 2, 2)),     # 8B down: 64 blocks, K split in two
-    ((10240, 8192), (80, 2, 1)),     # 70B qkv: 160 blocks, the second wave 21% full: 61% busy
-    ((8192, 8192), (64, 2, 1)), ((57344, 8192), (448, 2, 1)), ((8192, 28672), (64, 2, 1)),
+    ((6144, 4096), 256),             # Llama-3-8B qkv: 96 blocks of 256 tokens, one wave
+    ((4096, 4096), 128),             # 8B o: 64 blocks of 256 tokens; 128 of 128 fill the wave
+    ((28672, 4096), 256),            # 8B gate_up
+    ((4096, 14336), 128),            # 8B down
+    ((10240, 8192), 128),            # 70B qkv: 160 blocks of 256 tokens leave the second wave 21% full
+    ((8192, 8192), 256), ((57344, 8192), 256), ((8192, 28672), 256),
+    ((1024, 4096), None),            # 16 blocks of 256 tokens, 32 of 128: dequantize + cuBLAS
 ])
 def test_wgmma_plan_on_an_h100(monkeypatch, shape, plan):
-    """The op's choice at M = 512 on 132 SMs, as measured (jitkern/ops/gptq.py, _wgmma_plan)."""
+    """The op's token tile at M = 512 on 132 SMs, the best of each layer as measured
+    (jitkern/ops/gptq.py, _wgmma_plan); below a 256-token tile, dequantize + cuBLAS."""
     monkeypatch.setattr(gptq.splitk, "multiprocessors", lambda device: 132)
-    kernel = type("K", (), {"consts": {"tokens": 256, "columns": 128}})()
-    assert gptq._wgmma_plan(kernel, _Layout(*shape), 512, None) == plan
-    assert gptq._wgmma_plan(kernel, _Layout(*shape), 255, None) is None
+    kernels = {("gemm", t): SimpleNamespace(consts={"tokens": t, "columns": 128}) for t in GEMM_TOKENS}
+    assert gptq._wgmma_plan(kernels, _Layout(*shape), 512, None) == plan
+    assert gptq._wgmma_plan(kernels, _Layout(*shape), 255, None) is None
 
 
 @requires_nvrtc

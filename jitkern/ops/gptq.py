@@ -42,13 +42,21 @@ def kernel_specs(bits: int, group: int, sym: bool, act_order: bool, arch: str,
         specs.append(KernelSpec("x_gather", "f16", arch=arch))
     target = Target(arch)
     if target.vendor == "nvidia" and target.sm in get_family("gptq_gemm").sms:
-        specs.append(KernelSpec("gptq_gemm", "gptq", bits=bits, group=group, m=GEMM_TOKENS[0], arch=arch,
-                                options=opts))
-        specs.append(KernelSpec("x_pack", "f16", m=GEMM_TOKENS[0], arch=arch))
+        for tokens in GEMM_TOKENS:
+            specs.append(KernelSpec("gptq_gemm", "gptq", bits=bits, group=group, m=tokens, arch=arch, options=opts))
+            specs.append(KernelSpec("x_pack", "f16", m=tokens, arch=arch))
     return specs
 
 
 _kernels: dict[tuple, dict] = {}
+
+
+def _kernel_name(spec: KernelSpec):
+    """A variant's kernels by name: ("gemv", m) per row count, ("gemm", tokens) and ("pack", tokens) per
+    token tile, "dequant" and "gather" once."""
+    short = {"gptq_gemv": "gemv", "gptq_gemm": "gemm", "x_pack": "pack", "gptq_dequant": "dequant",
+             "x_gather": "gather"}[spec.family]
+    return (short, spec.m) if spec.family in ("gptq_gemv", "gptq_gemm", "x_pack") else short
 
 
 def _variant_kernels(layout: IntLayout, device, arch: str | None = None) -> dict:
@@ -60,8 +68,7 @@ def _variant_kernels(layout: IntLayout, device, arch: str | None = None) -> dict
     if found is None:
         target = resolve(arch, device)
         specs = kernel_specs(v["bits"], v["group"], v["sym"], v["act_order"], target.arch)
-        name = {"gptq_dequant": "dequant", "x_gather": "gather", "gptq_gemm": "gemm", "x_pack": "pack"}
-        found = {("gemv", s.m) if s.family == "gptq_gemv" else name[s.family]: get_kernel(s, device) for s in specs}
+        found = {_kernel_name(s): get_kernel(s, device) for s in specs}
         _kernels[key] = found
     return found
 
@@ -73,7 +80,7 @@ def prepare(layout: IntLayout, device=None, arch: str | None = None) -> dict:
     found = _variant_kernels(layout, device, arch)
     if device.type == "cuda":
         _reserve_workspace(found, layout, device)
-        if "gemm" in found:
+        if ("gemm", GEMM_TOKENS[0]) in found:
             mma_perm(layout)
         if _fused_prefill(layout, device):              # short prompts, and layers the wgmma GEMM leaves
             int_gemm_triton.warm(layout)
@@ -165,7 +172,11 @@ def mma_perm(layout: IntLayout) -> torch.Tensor:
 
 
 GEMM_SPLITS = (1, 2)         # K splits of the wgmma GEMM: a cluster of that many blocks per output tile
-MIN_SPLIT_STEPS = 64         # 64-row steps a split runs at least
+# The plan's time model (_wgmma_plan), fitted to H100 runs (int4, M = 512): a block's time a step by
+# token tile, relative to 256 tokens (half the MMAs, the same weights to decode: 0.58-0.61 where both
+# filled their waves).
+TILE_COST = {256: 1.0, 128: 0.6}
+MIN_BUSY = 0.6               # below this share of the 256-token tile's ideal time, dequantize + cuBLAS wins
 
 
 def _wgmma_shape(consts: dict, layout: IntLayout, m: int) -> tuple[int, int, int]:
@@ -173,27 +184,30 @@ def _wgmma_shape(consts: dict, layout: IntLayout, m: int) -> tuple[int, int, int
     return -(-layout.n_pad // consts["columns"]), -(-m // consts["tokens"]), -(-layout.k // 64)
 
 
-def _wgmma_plan(kernel, layout: IntLayout, m: int, device) -> tuple[int, int, int] | None:
-    """The wgmma GEMM's grid (column blocks, token tiles, K splits), or None where dequantize + cuBLAS
-    is faster.  H100, int4, M = 512 (fractions of fp16 cuBLAS, each plan forced in one run): the GEMM
-    wins where 60% or more of the SMs stay busy through the last wave (Llama-3-8B qkv 0.78 against
-    cuBLAS's 0.60, 70B qkv 0.64 against 0.54).  A layer with fewer blocks splits K in two
-    (GEMM_SPLITS: the template's reduction needs splits to divide 32) where each half still runs 64
-    steps: the 8B down (K = 14336) 0.75 split, 0.56 unsplit, 0.55 through cuBLAS.  The 8B o (K = 4096)
-    stays with cuBLAS: 0.62, against 0.60 split and 0.52 unsplit; the 8B qkv split ran at 0.48, and
-    four splits were slower everywhere (only 30 clusters of 4 fit the H100 at once)."""
-    c = kernel.consts
-    if m < c["tokens"]:
+def _wgmma_plan(kernels: dict, layout: IntLayout, m: int, device) -> int | None:
+    """The wgmma GEMM's token tile of least estimated time (waves of blocks x TILE_COST), or None
+    (dequantize + cuBLAS) for M below a 256-token tile or where even the best tile leaves too many SMs
+    idle.  H100, int4, M = 512, fractions of fp16 cuBLAS with each plan forced in one run (tokens /
+    K splits); the model picks the best of each layer:
+
+        layer        256/1  256/2  128/1  128/2  cuBLAS     layer         256/1  256/2  128/1  128/2  cuBLAS
+        8B qkv       0.76   0.50   0.62   0.59   0.61       70B qkv       0.62   0.66   0.69   0.65   0.55
+        8B o         0.53   0.62   0.77   0.59   0.63       70B o         0.91   0.69   0.77   0.63   0.55
+        8B gate_up   0.81   0.65   0.78   0.58   0.53       70B gate_up   0.94   0.81   0.81   0.68   0.56
+        8B down      0.58   0.79   0.82   0.69   0.57       70B down      0.91   0.85   0.78   0.71   0.51
+
+    Splitting K (a cluster of two blocks a tile) gives as many blocks as halving the tile, and ran
+    slower than it on every layer, so the op does not split; the kernel still can (_wgmma_gemm)."""
+    if m < GEMM_TOKENS[0]:
         return None
-    columns, tiles, steps = _wgmma_shape(c, layout, m)
     sms = splitk.multiprocessors(device)
-    for splits in GEMM_SPLITS:
-        blocks = columns * tiles * splits
-        if splits > 1 and steps < splits * MIN_SPLIT_STEPS:
-            break
-        if blocks >= 0.6 * sms * -(-blocks // sms):
-            return columns, tiles, splits
-    return None
+    blocks = {}
+    for tokens in GEMM_TOKENS:
+        columns, tiles, _ = _wgmma_shape(kernels[("gemm", tokens)].consts, layout, m)
+        blocks[tokens] = columns * tiles
+    time = {t: -(-blocks[t] // sms) * TILE_COST[t] for t in GEMM_TOKENS}     # whole waves of blocks
+    best = min(time, key=time.get)
+    return best if blocks[GEMM_TOKENS[0]] / sms >= MIN_BUSY * time[best] else None
 
 
 def _pack(kernel, x: torch.Tensor, perm: torch.Tensor, tokens: int) -> torch.Tensor:
@@ -218,14 +232,15 @@ def _weight_map(layout: IntLayout, consts: dict):
 
 
 def _wgmma_gemm(kernels: dict, x: torch.Tensor, layout: IntLayout, bias: torch.Tensor | None,
-                out: torch.Tensor | None = None, splits: int = 1) -> torch.Tensor:
-    """x_pack lays x out in the GEMM's tiles (through mma_perm), then the GEMM multiplies, K split
-    across clusters of `splits` blocks."""
-    gemm, m = kernels["gemm"], x.shape[0]
+                out: torch.Tensor | None = None, splits: int = 1, tokens: int = GEMM_TOKENS[0]) -> torch.Tensor:
+    """x_pack lays x out in the GEMM's tiles of `tokens` (through mma_perm), then the GEMM multiplies,
+    K split across clusters of `splits` blocks."""
+    expect(("gemm", tokens) in kernels, "tokens", f"one of {GEMM_TOKENS}", tokens)
+    gemm, m = kernels[("gemm", tokens)], x.shape[0]
     c = gemm.consts
     columns, tiles, steps = _wgmma_shape(c, layout, m)
     expect(splits in GEMM_SPLITS and splits <= steps, "splits", f"one of {GEMM_SPLITS}, at most {steps}", splits)
-    xp = _pack(kernels["pack"], x, mma_perm(layout), c["tokens"])
+    xp = _pack(kernels[("pack", tokens)], x, mma_perm(layout), tokens)
     if out is None:
         out = torch.empty(m, layout.n, dtype=torch.float16, device=x.device)
     gemm((columns, tiles, splits), (c["threads"],), xp, _weight_map(layout, c), layout.scales, layout.zeros,
@@ -240,10 +255,10 @@ def gemm(x: torch.Tensor, layout: IntLayout, bias: torch.Tensor | None = None) -
     dequantize column strips into a bounded fp16 workspace and multiply each with BLAS."""
     kernels = _variant_kernels(layout, x.device)
     plan = None
-    if "gemm" in kernels and env.prefill_backend() == "auto":
-        plan = _wgmma_plan(kernels["gemm"], layout, x.shape[0], x.device)
+    if env.prefill_backend() == "auto":
+        plan = _wgmma_plan(kernels, layout, x.shape[0], x.device)
     if plan is not None:
-        return _wgmma_gemm(kernels, x, layout, bias, splits=plan[2])
+        return _wgmma_gemm(kernels, x, layout, bias, tokens=plan)
     xp = x.index_select(1, layout.perm) if layout.act_order else x
     if _fused_prefill(layout, x.device, x.shape[0]):
         return int_gemm_triton.gemm(xp, layout, bias)
