@@ -25,6 +25,13 @@ class Family:
     def entry(self) -> str:
         return f"jk_{self.name}"
 
+    def supports(self, arch: str) -> bool:
+        """Whether the family builds for `arch` (some are limited to NVIDIA compute capabilities)."""
+        from .arch import Target
+
+        target = Target(arch)
+        return not self.sms or (target.vendor == "nvidia" and target.sm in self.sms)
+
     def validate(self, spec) -> None:
         def bad(what, value, allowed):
             raise ValueError(f"{spec.family}: {what}={value!r} is not supported; expected one of {list(allowed)}")

@@ -206,6 +206,7 @@ def run_int(c: Case, dev: str, g: torch.Generator, failures: list) -> None:
             _check(out, ref, x, ref_w, f"{c.name} M={m}{' bias' if b is not None else ''}", failures, b)
     if dev == "cpu":
         return
+    from jitkern.families import GEMM_TOKENS
     from jitkern.formats.layout import TILE_N
     from jitkern.ops import gptq as ops
 
@@ -217,10 +218,13 @@ def run_int(c: Case, dev: str, g: torch.Generator, failures: list) -> None:
         del os.environ["JITKERN_WORKSPACE_MB"]
     _check(out, x.double() @ ref_w.t(), x, ref_w, f"{c.name} prefill in strips", failures)
     found = ops.prepare(layout)
-    if "gemm" in found:                                # the Hopper wgmma GEMM, whatever the layer's size
+    for tokens in GEMM_TOKENS:                         # the Hopper wgmma GEMM, whatever the layer's size
+        if ("gemm", tokens) not in found:
+            continue
         for splits in sorted({1, min(2, -(-layout.k // 64))}):    # and K split over a cluster
-            out = ops._wgmma_gemm(found, x.to(dev), layout, None, splits=splits)
-            _check(out, x.double() @ ref_w.t(), x, ref_w, f"{c.name} wgmma prefill, {splits} split(s)", failures)
+            out = ops._wgmma_gemm(found, x.to(dev), layout, None, splits=splits, tokens=tokens)
+            _check(out, x.double() @ ref_w.t(), x, ref_w, f"{c.name} wgmma prefill, {tokens} tokens, {splits} "
+                   f"split(s)", failures)
     tiles = layout.n_pad // TILE_N
     cpu = layout.to("cpu")
     q, z = unpack_layout(cpu)

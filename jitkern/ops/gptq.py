@@ -16,7 +16,7 @@ from ..runtime import get_kernel
 from . import blas, int_gemm_triton, splitk
 from ..families import GEMM_TOKENS, get_family
 from ..spec import KernelSpec
-from ..arch import Target, resolve
+from ..arch import resolve
 
 MAX_GEMV_M = 8
 
@@ -40,8 +40,7 @@ def kernel_specs(bits: int, group: int, sym: bool, act_order: bool, arch: str,
     specs.append(KernelSpec("gptq_dequant", "gptq", bits=bits, group=group, arch=arch, options=opts))
     if act_order and not get_family("gptq_gemv").consts(specs[0])["gathers_x"]:
         specs.append(KernelSpec("x_gather", "f16", arch=arch))
-    target = Target(arch)
-    if target.vendor == "nvidia" and target.sm in get_family("gptq_gemm").sms:
+    if get_family("gptq_gemm").supports(arch):
         for tokens in GEMM_TOKENS:
             specs.append(KernelSpec("gptq_gemm", "gptq", bits=bits, group=group, m=tokens, arch=arch, options=opts))
             specs.append(KernelSpec("x_pack", "f16", m=tokens, arch=arch))
@@ -228,7 +227,7 @@ def _weight_map(layout: IntLayout, consts: dict):
     expect(q.is_contiguous() and q.element_size() == 4 and q.data_ptr() % 16 == 0, "layout.qweight",
            "contiguous, 16-byte aligned 32-bit words", f"strides {q.stride()}, address {q.data_ptr():#x}")
     box = (TILE_N, 2 * layout.bits, consts["columns"] // TILE_N)
-    return cuda.tensor_map_u32(q.data_ptr(), tuple(reversed(q.shape)), box)
+    return cuda.tensor_map(q.data_ptr(), tuple(reversed(q.shape)), box)
 
 
 def _wgmma_gemm(kernels: dict, x: torch.Tensor, layout: IntLayout, bias: torch.Tensor | None,

@@ -132,19 +132,21 @@ class TensorMap(ctypes.Structure):
 
 
 @lru_cache(maxsize=4096)
-def tensor_map_u32(address: int, shape: tuple, box: tuple) -> TensorMap:
-    """A tiled TMA tensor map over a contiguous tensor of 32-bit integers at `address` (sm_90+): boxes of
-    `box` elements (both innermost dimension first, as cp.async.bulk.tensor counts); elements outside
-    the tensor read as zero.  Host-only (no stream work), so it may be built during graph capture."""
+def tensor_map(address: int, shape: tuple, box: tuple, element_bytes: int = 4) -> TensorMap:
+    """A tiled TMA tensor map over a contiguous tensor of 1- or 4-byte integers at `address` (sm_90+):
+    boxes of `box` elements (both innermost dimension first, as cp.async.bulk.tensor counts); elements
+    outside the tensor read as zero.  Host-only (no stream work), so it may be built during graph
+    capture."""
     drv = _driver()
-    strides, size = [], 4
+    T = drv.CUtensorMapDataType
+    dtype = {1: T.CU_TENSOR_MAP_DATA_TYPE_UINT8, 4: T.CU_TENSOR_MAP_DATA_TYPE_UINT32}[element_bytes]
+    strides, size = [], element_bytes
     for d in shape[:-1]:
         size *= d
         strides.append(size)
-    T = drv.CUtensorMapDataType
     u64, u32 = drv.cuuint64_t, drv.cuuint32_t
     err, tmap = drv.cuTensorMapEncodeTiled(
-        T.CU_TENSOR_MAP_DATA_TYPE_UINT32, len(shape), address, [u64(d) for d in shape], [u64(d) for d in strides],
+        dtype, len(shape), address, [u64(d) for d in shape], [u64(d) for d in strides],
         [u32(d) for d in box], [u32(1)] * len(shape), drv.CUtensorMapInterleave.CU_TENSOR_MAP_INTERLEAVE_NONE,
         drv.CUtensorMapSwizzle.CU_TENSOR_MAP_SWIZZLE_NONE,
         drv.CUtensorMapL2promotion.CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
