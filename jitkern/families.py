@@ -199,3 +199,46 @@ register(Family("q8_1_quantize", "q8_1_quantize.hip.j2", fmts=("q8_1",), acts=("
 register(Family("gguf_gemv", "gguf_gemv.hip.j2", fmts=GGUF_FMTS, ms=GEMV_MS, acts=("f16",), consts=_gguf_consts))
 # Dequantize rows to fp16 (prefill, then a BLAS GEMM) or fp32 (bit-exact with gguf.quants).
 register(Family("gguf_dequant", "gguf_dequant.hip.j2", fmts=GGUF_FMTS, acts=("f16", "f32"), consts=_gguf_consts))
+
+
+# Where each 16-element group a lane decodes sits in its block (gguf_types.h.j2's jk_group returns):
+# (slices a block, groups a slice, element offset of group gi of slice ts).
+GGUF_GROUPS = {
+    **{f: (1, 2, lambda ts, gi: 16 * gi) for f in ("q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl")},
+    "q8_0": (2, 1, lambda ts, gi: 16 * ts),
+    **{f: (4, 4, lambda ts, gi: 128 * (ts >> 1) + 32 * gi + 16 * (ts & 1)) for f in ("q2_k", "q3_k", "q6_k")},
+    **{f: (8, 2, lambda ts, gi: 64 * (ts >> 1) + 32 * gi + 16 * (ts & 1)) for f in ("q4_k", "q5_k")},
+    "iq4_xs": (8, 2, lambda ts, gi: 32 * ts + 16 * gi),
+}
+GGUF_GEMM_TOKENS = 128
+SMEM_LIMIT = 227 * 1024          # H100's dynamic shared memory a block
+
+
+def _gguf_gemm_consts(spec) -> dict:
+    # Two consumer warpgroups (128 weight rows = output columns) and a producer warpgroup a block, one
+    # block an SM, `m` tokens (128: a stage of 256 tokens' activations would not leave room for two).
+    # A stage is 256 elements of K: the activation tile (4 of x_pack's 64-row steps) and the rows'
+    # blocks (one superblock, or 8 of 32).  Headers come in chunks of `chunk` blocks, the fewest that
+    # make every plane's run a multiple of 16 bytes (a TMA box's row), double-buffered.
+    from .formats.gguf_quants import TYPES
+
+    base = _gguf_consts(spec)
+    qt = TYPES[spec.fmt.upper()]
+    rows, per_stage = 128, 256 // qt.block
+    chunk = per_stage
+    while any(chunk * f.size % 16 for f in qt.header_fields):
+        chunk += per_stage
+    stage = -(-(spec.m * 512 + rows * per_stage * qt.quant_bytes) // 1024) * 1024
+    chunk_bytes = -(-(rows * chunk * qt.header_bytes) // 1024) * 1024
+    stages = min(4, (SMEM_LIMIT - 2048 - 2 * chunk_bytes) // stage)
+    slices, groups, _ = GGUF_GROUPS[spec.fmt]
+    runs = [(f.name, base["planes"][f.name], f.size, chunk * f.size) for f in qt.header_fields]
+    return {"threads": 384, "warpgroups": 2, "rows": rows, "tokens": spec.m, "block": qt.block,
+            "qb": qt.quant_bytes, "planes": base["planes"], "per_stage": per_stage, "chunk": chunk,
+            "runs": runs, "stage_bytes": stage, "chunk_bytes": chunk_bytes, "stages": stages,
+            "slices": slices, "groups": groups, "shared": stages * stage + 2 * chunk_bytes + 1024 + 128}
+
+
+# Prefill GEMM over the GGUF layout on Hopper tensor cores (wgmma, weights decoded in registers).
+register(Family("gguf_gemm", "gguf_gemm.hip.j2", fmts=GGUF_FMTS, ms=(GGUF_GEMM_TOKENS,), acts=("f16",),
+                consts=_gguf_gemm_consts, sms=(90,), arch_suffix="a"))

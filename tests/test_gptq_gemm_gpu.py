@@ -10,14 +10,8 @@ from jitkern.families import GEMM_TOKENS
 from jitkern.ops import gptq as ops
 from test_gptq_gpu import make
 
-pytestmark = pytest.mark.gpu
+pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("hopper")]
 DEV = "cuda"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def hopper():
-    if not torch.cuda.is_available() or torch.version.hip or torch.cuda.get_device_capability() != (9, 0):
-        pytest.skip("the wgmma GEMM runs on sm_90 (H100/H200) only")
 
 
 def kernels(layout):

@@ -88,6 +88,10 @@ def cases() -> list[Case]:
         for n, k in ((1, b), (9, b), (13, 3 * b)):
             out.append(Case("gguf", f"gguf {t.lower()} N={n} K={k}", dict(qtype=t, n=n, k=k),
                             list(range(1, 9)) + [PREFILL_M - 2]))
+    from jitkern.ops.gguf_gemm import GEMM_TYPES
+
+    for t in sorted(GEMM_TYPES):                 # a K the Hopper GEMM takes (whole stages, aligned planes)
+        out.append(Case("gguf", f"gguf {t.lower()} N=13 K=1024", dict(qtype=t, n=13, k=1024), [PREFILL_M - 2]))
     # NaN in one activation and Inf in one scale: no crash, no stray access, non-finite exactly
     # in the affected row / column.
     for kind, params in [("gptq", dict(bits=4, group=32, sym=False, act_order=True, fmt="gptq", n=40, k=96)),
@@ -290,6 +294,11 @@ def run_gguf(c: Case, dev: str, g: torch.Generator, failures: list) -> None:
     finally:
         del os.environ["JITKERN_WORKSPACE_MB"]
     _check(out, x.double() @ ref_w.t(), x, ref_w, f"{c.name} prefill in strips", failures)
+    from jitkern.ops import gguf_gemm
+
+    if "gemm" in ops.prepare(lay) and gguf_gemm.takes_k(p["qtype"], p["k"]):   # the Hopper wgmma GEMM
+        out = gguf_gemm.gemm(ops.prepare(lay), x.to(dev), lay)
+        _check(out, x.double() @ ref_w.t(), x, ref_w, f"{c.name} wgmma prefill", failures)
 
 
 F16_BITS = {"nan": 0x7E00, "inf": 0x7C00, "-inf": 0xFC00}

@@ -26,9 +26,9 @@ from typing import Optional
 import torch
 
 from .. import env
-from . import blas, splitk
+from . import blas, gguf_gemm, splitk
 from ..arch import resolve
-from ..families import get_family
+from ..families import GGUF_GEMM_TOKENS, get_family
 from ..formats.checks import expect, expect_tensor
 from ..formats.gguf import GGUFLayout, dequantize_layout, gguf_type
 from ..runtime import get_kernel
@@ -48,12 +48,16 @@ def uses_mma(arch: str) -> bool:
 
 def kernel_specs(qtype, arch: str, max_m: int = MAX_GEMV_M) -> list[KernelSpec]:
     """Every kernel one GGUF type can hit: GEMV for M = 1..max_m, the activation quantizer (integer
-    path only) and the fp16 dequantizer (prefill)."""
+    path only), the fp16 dequantizer (prefill) and, on an H100, the prefill GEMM and its packer for the
+    types it is faster on (gguf_gemm.GEMM_TYPES)."""
     fmt = gguf_type(qtype).name.lower()
     specs = [KernelSpec("gguf_gemv", fmt, m=m, arch=arch) for m in range(1, min(max_m, MAX_GEMV_M) + 1)]
     if not uses_mma(arch):
         specs.append(KernelSpec("q8_1_quantize", "q8_1", arch=arch))
     specs.append(KernelSpec("gguf_dequant", fmt, act="f16", arch=arch))
+    if get_family("gguf_gemm").supports(arch) and fmt.upper() in gguf_gemm.GEMM_TYPES:
+        specs.append(KernelSpec("gguf_gemm", fmt, m=GGUF_GEMM_TOKENS, arch=arch))
+        specs.append(KernelSpec("x_pack", "f16", m=GGUF_GEMM_TOKENS, arch=arch))
     return specs
 
 
@@ -63,7 +67,9 @@ _kernels: dict[tuple, dict] = {}
 def _key(spec: KernelSpec):
     if spec.family == "gguf_gemv":
         return ("gemv", spec.m)
-    return "quantize" if spec.family == "q8_1_quantize" else ("dequant", spec.act)
+    if spec.family == "gguf_dequant":
+        return ("dequant", spec.act)
+    return {"q8_1_quantize": "quantize", "gguf_gemm": "gemm", "x_pack": "pack"}[spec.family]
 
 
 def prepare(layout: GGUFLayout, device=None, arch: Optional[str] = None) -> dict:
@@ -194,8 +200,12 @@ def dequantize(layout: GGUFLayout, row0: int = 0, rows: Optional[int] = None,
 
 
 def gemm(x: torch.Tensor, layout: GGUFLayout, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Prefill: dequantize row strips into a bounded fp16 workspace (JITKERN_WORKSPACE_MB), multiply
-    each with BLAS straight into its columns of the output (bias in the GEMM's epilogue)."""
+    """Prefill: on an H100 the wgmma GEMM where it fills the GPU (ops/gguf_gemm.py); otherwise
+    dequantize row strips into a bounded fp16 workspace (JITKERN_WORKSPACE_MB) and multiply each with
+    BLAS straight into its columns of the output (bias in the GEMM's epilogue)."""
+    kernels = prepare(layout, x.device)
+    if gguf_gemm.available(layout, kernels, x.shape[0], x.device):
+        return gguf_gemm.gemm(kernels, x, layout, bias)
     out = torch.empty(x.shape[0], layout.n, dtype=torch.float16, device=x.device)
     # whole 64-row strips: each strip's output columns start 128-byte aligned for cuBLAS
     per_chunk = max(64, env.workspace_bytes() // (layout.k * 2) // 64 * 64)
