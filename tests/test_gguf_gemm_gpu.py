@@ -68,3 +68,26 @@ def test_prefill_takes_the_wgmma_gemm_where_it_fills_the_gpu(seed, monkeypatch):
         out = ops.linear(x.to(DEV), layout)
         assert len(calls) == used, (qtype, n, k, m)
         assert rel_err(out, x.double() @ ref.t()) < 2e-3
+
+
+def test_prefill_gemm_in_a_graph(seed):
+    """A layer loaded outside the capture (GGUFLinear prepares it: kernels and the GEMM's k order for
+    a K no other test uses), then its M = 256 prefill captured in a CUDA graph: the GEMM runs there,
+    and replays equal the eager result for new activations."""
+    from jitkern.nn_gguf import GGUFLinear
+
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    g = torch.Generator().manual_seed(seed)
+    n, k, m = sms * 128, 13 * 256, 256
+    layer = GGUFLinear.from_raw(G.random_blocks("Q4_0", n, k, generator=g), "q4_0").to(DEV)
+    assert (layer.layout.qtype, k, torch.device(DEV, 0)) in gguf_gemm._orders
+    x = torch.randn(m, k, generator=g).half().to(DEV)
+    gr = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(gr):
+        y = layer(x)
+    for _ in range(2):
+        x.copy_(torch.randn(m, k, generator=g).half())
+        y.fill_(float("nan"))
+        gr.replay()
+        assert torch.equal(y, layer(x))
+

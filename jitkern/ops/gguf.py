@@ -73,7 +73,8 @@ def _key(spec: KernelSpec):
 
 
 def prepare(layout: GGUFLayout, device=None, arch: Optional[str] = None) -> dict:
-    """Compile (or load from cache) and load every kernel the layout's type needs on a device."""
+    """Compile (or load from cache) and load every kernel the layout's type needs on a device, and
+    build what the prefill GEMM needs for its K: when a layer is loaded, never under graph capture."""
     device = torch.device(device if device is not None else layout.qs.device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
@@ -83,6 +84,8 @@ def prepare(layout: GGUFLayout, device=None, arch: Optional[str] = None) -> dict
         target = resolve(arch, device)
         found = {_key(s): get_kernel(s, device) for s in kernel_specs(layout.qtype, target.arch)}
         _kernels[key] = found
+    if "gemm" in found and gguf_gemm.takes_k(layout.qtype, layout.k):
+        gguf_gemm.k_order(layout, device)      # a host-to-device copy, once a (type, K)
     return found
 
 
