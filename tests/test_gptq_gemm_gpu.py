@@ -8,6 +8,7 @@ import torch
 from conftest import rel_err
 from jitkern.families import GEMM_TOKENS
 from jitkern.ops import gptq as ops
+from jitkern.ops import xpack
 from test_gptq_gpu import make
 
 pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("hopper")]
@@ -70,7 +71,7 @@ def test_x_pack_tiles_are_exact(seed, tokens):
     m, k = 300, layout.k
     x = torch.randn(m, layout.k_in + 8, generator=torch.Generator().manual_seed(seed)).half().to(DEV)[:, 8:]
     perm = ops.mma_perm(layout)
-    xp = ops._pack(found[("pack", tokens)], x, perm, tokens).cpu()
+    xp = xpack.pack(found[("pack", tokens)], x, perm, tokens).cpu()
     steps, tiles = -(-k // 64), -(-m // tokens)
     want = torch.zeros(tiles * tokens, steps * 64, dtype=torch.float16)
     want[:m, :k] = x.cpu()[:, perm.cpu().long()]

@@ -7,7 +7,6 @@ fewer than 128 tokens, layers that leave the last wave too empty, and JITKERN_PR
 """
 from __future__ import annotations
 
-import ctypes
 from typing import Optional
 
 import torch
@@ -16,7 +15,7 @@ from .. import env
 from ..families import GGUF_GEMM_TOKENS, GGUF_GROUPS
 from ..formats.checks import expect
 from ..formats.gguf import GGUFLayout
-from . import splitk
+from . import splitk, xpack
 
 STAGE = 256                      # elements of K a stage of the GEMM
 MIN_BUSY = 0.5                   # below this share of the SMs busy in the last wave, dequantize + cuBLAS
@@ -110,14 +109,11 @@ def _maps(layout: GGUFLayout, consts: dict) -> list:
 def gemm(kernels: dict, x: torch.Tensor, layout: GGUFLayout, bias: Optional[torch.Tensor] = None,
          out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """out = x @ W^T (+ bias) through the wgmma GEMM; x fp16 [M, K] rows on the layout's device."""
-    gemm_kernel, pack = kernels["gemm"], kernels["pack"]
+    gemm_kernel = kernels["gemm"]
     c, m, k = gemm_kernel.consts, x.shape[0], layout.k
     expect(takes_k(layout.qtype, k), "layout", "a K whose header planes start 16-byte aligned (takes_k)", k)
     tokens = c["tokens"]
-    xp = torch.empty(-(-m // tokens) * (k // 64) * tokens * 64, dtype=torch.float16, device=x.device)
-    chunks, threads = xp.numel() // 8, pack.consts["threads"]
-    pack((-(-chunks // threads),), (threads,), x, k_order(layout, x.device), xp, m, k, x.stride(0),
-         ctypes.c_longlong(chunks))
+    xp = xpack.pack(kernels["pack"], x, k_order(layout, x.device), tokens)
     if out is None:
         out = torch.empty(m, layout.n, dtype=torch.float16, device=x.device)
     gemm_kernel((-(-layout.n // c["rows"]), -(-m // tokens)), (c["threads"],), xp, *_maps(layout, c), bias, out,

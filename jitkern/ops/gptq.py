@@ -5,15 +5,13 @@ so the forward only looks up a dict and launches.
 """
 from __future__ import annotations
 
-import ctypes
-
 import torch
 
 from .. import env
 from ..formats.checks import expect
 from ..formats.layout import TILE_N, IntLayout
 from ..runtime import get_kernel
-from . import blas, int_gemm_triton, splitk
+from . import blas, int_gemm_triton, splitk, xpack
 from ..families import GEMM_TOKENS, get_family
 from ..spec import KernelSpec
 from ..arch import resolve
@@ -209,15 +207,6 @@ def _wgmma_plan(kernels: dict, layout: IntLayout, m: int, device) -> int | None:
     return best if blocks[GEMM_TOKENS[0]] / sms >= MIN_BUSY * time[best] else None
 
 
-def _pack(kernel, x: torch.Tensor, perm: torch.Tensor, tokens: int) -> torch.Tensor:
-    """x_pack: x[:, perm] in the GEMM's [M tiles, K steps, tokens, 64] swizzled tiles, zero-padded."""
-    m, k = x.shape[0], perm.numel()
-    xp = torch.empty(-(-m // tokens) * -(-k // 64) * tokens * 64, dtype=torch.float16, device=x.device)
-    chunks, threads = xp.numel() // 8, kernel.consts["threads"]
-    kernel((-(-chunks // threads),), (threads,), x, perm, xp, m, k, x.stride(0), ctypes.c_longlong(chunks))
-    return xp
-
-
 def _weight_map(layout: IntLayout, consts: dict):
     """The GEMM's TMA map of the packed words [N_pad/32, K*bits/32, 32]: a box is one 64-row step of a
     block's tiles, so a step's weights are one copy (four 1D copies of its tiles ran 13% slower)."""
@@ -239,7 +228,7 @@ def _wgmma_gemm(kernels: dict, x: torch.Tensor, layout: IntLayout, bias: torch.T
     c = gemm.consts
     columns, tiles, steps = _wgmma_shape(c, layout, m)
     expect(splits in GEMM_SPLITS and splits <= steps, "splits", f"one of {GEMM_SPLITS}, at most {steps}", splits)
-    xp = _pack(kernels[("pack", tokens)], x, mma_perm(layout), tokens)
+    xp = xpack.pack(kernels[("pack", tokens)], x, mma_perm(layout), tokens)
     if out is None:
         out = torch.empty(m, layout.n, dtype=torch.float16, device=x.device)
     gemm((columns, tiles, splits), (c["threads"],), xp, _weight_map(layout, c), layout.scales, layout.zeros,
