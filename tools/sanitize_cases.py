@@ -296,8 +296,9 @@ def run_gguf(c: Case, dev: str, g: torch.Generator, failures: list) -> None:
     _check(out, x.double() @ ref_w.t(), x, ref_w, f"{c.name} prefill in strips", failures)
     from jitkern.ops import gguf_gemm
 
-    if "gemm" in ops.prepare(lay) and gguf_gemm.takes_k(p["qtype"], p["k"]):   # the Hopper wgmma GEMM
-        out = gguf_gemm.gemm(ops.prepare(lay), x.to(dev), lay)
+    found = ops.prepare(lay)
+    if "gemm" in found and gguf_gemm.takes_k(p["qtype"], p["k"]):   # the Hopper wgmma GEMM
+        out = gguf_gemm.gemm(found, x.to(dev), lay)
         _check(out, x.double() @ ref_w.t(), x, ref_w, f"{c.name} wgmma prefill", failures)
 
 

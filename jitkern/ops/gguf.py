@@ -72,25 +72,39 @@ def _key(spec: KernelSpec):
     return {"q8_1_quantize": "quantize", "gguf_gemm": "gemm", "x_pack": "pack"}[spec.family]
 
 
-def prepare(layout: GGUFLayout, device=None, arch: Optional[str] = None) -> dict:
-    """Compile (or load from cache) and load every kernel the layout's type needs on a device, and
-    build what the prefill GEMM needs for its K: when a layer is loaded, never under graph capture."""
+def _device(layout: GGUFLayout, device) -> torch.device:
+    """The device a call runs on, with its index (the key of the kernel and k-order caches)."""
     device = torch.device(device if device is not None else layout.qs.device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def _loaded(layout: GGUFLayout, device=None, arch: Optional[str] = None) -> dict:
+    """The loaded kernels of the layout's type on a device (compiled or loaded from the cache once): a
+    dict lookup on every call after the first, which the forward paths make."""
+    device = _device(layout, device)
     key = (layout.qtype, device)
     found = _kernels.get(key)
     if found is None:
         target = resolve(arch, device)
         found = {_key(s): get_kernel(s, device) for s in kernel_specs(layout.qtype, target.arch)}
         _kernels[key] = found
+    return found
+
+
+def prepare(layout: GGUFLayout, device=None, arch: Optional[str] = None) -> dict:
+    """Everything one layer can hit, done when it is loaded (never under graph capture): its type's
+    kernels, and the prefill GEMM's k order for its K (a host-to-device copy, once a type and K)."""
+    device = _device(layout, device)
+    found = _loaded(layout, device, arch)
     if "gemm" in found and gguf_gemm.takes_k(layout.qtype, layout.k):
-        gguf_gemm.k_order(layout, device)      # a host-to-device copy, once a (type, K)
+        gguf_gemm.k_order(layout, device)
     return found
 
 
 def _kernel(layout: GGUFLayout, device, key):
-    ks = prepare(layout, device)
+    ks = _loaded(layout, device)
     if key not in ks:            # fp32 dequant (tests, exact checks) is not part of the hot set
         ks[key] = get_kernel(KernelSpec("gguf_dequant", layout.qtype.lower(), act=key[1],
                                         arch=resolve(None, device).arch), device)
@@ -144,7 +158,7 @@ def gemv(x: torch.Tensor, layout: GGUFLayout, bias: Optional[torch.Tensor] = Non
     """y = x @ W.T (+ bias) for 1 <= M <= 8 rows of fp16 x [M, K] on the layout's device."""
     m = x.shape[0]
     expect(1 <= m <= MAX_GEMV_M, "x", f"1..{MAX_GEMV_M} rows for the GEMV", m)
-    kernel = prepare(layout, x.device)[("gemv", m)]
+    kernel = _loaded(layout, x.device)[("gemv", m)]
     if out is None:
         out = torch.empty(m, layout.n, dtype=torch.float16, device=x.device)
     expect_tensor("out", out, dtype=torch.float16, shape=(m, layout.n), device=x.device)
@@ -206,7 +220,7 @@ def gemm(x: torch.Tensor, layout: GGUFLayout, bias: Optional[torch.Tensor] = Non
     """Prefill: on an H100 the wgmma GEMM where it fills the GPU (ops/gguf_gemm.py); otherwise
     dequantize row strips into a bounded fp16 workspace (JITKERN_WORKSPACE_MB) and multiply each with
     BLAS straight into its columns of the output (bias in the GEMM's epilogue)."""
-    kernels = prepare(layout, x.device)
+    kernels = _loaded(layout, x.device)
     if gguf_gemm.available(layout, kernels, x.shape[0], x.device):
         return gguf_gemm.gemm(kernels, x, layout, bias)
     out = torch.empty(x.shape[0], layout.n, dtype=torch.float16, device=x.device)
