@@ -210,35 +210,41 @@ GGUF_GROUPS = {
     **{f: (8, 2, lambda ts, gi: 64 * (ts >> 1) + 32 * gi + 16 * (ts & 1)) for f in ("q4_k", "q5_k")},
     "iq4_xs": (8, 2, lambda ts, gi: 32 * ts + 16 * gi),
 }
-GGUF_GEMM_TOKENS = 128
+GGUF_GEMM_TOKENS = GEMM_TOKENS      # the same tiles as the GPTQ GEMM: x_pack serves both
 SMEM_LIMIT = 227 * 1024          # H100's dynamic shared memory a block
 
 
 def _gguf_gemm_consts(spec) -> dict:
     # Two consumer warpgroups (128 weight rows = output columns) and a producer warpgroup a block, one
-    # block an SM, `m` tokens (128: a stage of 256 tokens' activations would not leave room for two).
-    # A stage is 256 elements of K: the activation tile (4 of x_pack's 64-row steps) and the rows'
-    # blocks (one superblock, or 8 of 32).  Headers come in chunks of `chunk` blocks, the fewest that
-    # make every plane's run a multiple of 16 bytes (a TMA box's row), double-buffered.
+    # block an SM, `m` tokens.  K goes by 256-element windows: a window's quants (one superblock, or 8
+    # blocks of 32) in a ring of two, its activations in stages of `xk` elements (256 tokens: 128, so
+    # that two stages fit), at most three in flight (with four, ptxas serialized the MMAs).  Headers
+    # come in chunks of `chunk` blocks, the fewest that make every plane's run a multiple of 16 bytes
+    # (a TMA box's row), double-buffered.
     from .formats.gguf_quants import TYPES
 
     base = _gguf_consts(spec)
     qt = TYPES[spec.fmt.upper()]
-    rows, per_stage = 128, 256 // qt.block
+    rows, per_stage, xk = 128, 256 // qt.block, 256 if spec.m <= 128 else 128
     chunk = per_stage
     while any(chunk * f.size % 16 for f in qt.header_fields):
         chunk += per_stage
-    stage = -(-(spec.m * 512 + rows * per_stage * qt.quant_bytes) // 1024) * 1024
-    chunk_bytes = -(-(rows * chunk * qt.header_bytes) // 1024) * 1024
-    stages = min(4, (SMEM_LIMIT - 2048 - 2 * chunk_bytes) // stage)
+    kb = lambda n: -(-n // 1024) * 1024                                  # noqa: E731
+    stage, qslot = kb(spec.m * xk * 2), kb(rows * per_stage * qt.quant_bytes)
+    chunk_bytes = kb(rows * chunk * qt.header_bytes)
+    stages = min(3, (SMEM_LIMIT - 2048 - 2 * chunk_bytes - 2 * qslot) // stage)
     slices, groups, _ = GGUF_GROUPS[spec.fmt]
     runs = [(f.name, base["planes"][f.name], f.size, chunk * f.size) for f in qt.header_fields]
+    # Quants in shared memory by columns of `qcol` bytes (gguf_gemm.hip.j2): what a sub-step's lanes
+    # read of a row at once, 64 bytes for Q8_0; 32 for the rest, as every window's row is whole 32s.
+    qcol = 64 if spec.fmt == "q8_0" else 32
     return {"threads": 384, "warpgroups": 2, "rows": rows, "tokens": spec.m, "block": qt.block,
             "qb": qt.quant_bytes, "planes": base["planes"], "per_stage": per_stage, "chunk": chunk,
-            "runs": runs, "stage_bytes": stage, "chunk_bytes": chunk_bytes, "stages": stages,
-            "slices": slices, "groups": groups, "shared": stages * stage + 2 * chunk_bytes + 1024 + 128}
+            "runs": runs, "xk": xk, "stage_bytes": stage, "qslot_bytes": qslot, "chunk_bytes": chunk_bytes,
+            "stages": stages, "slices": slices, "groups": groups, "qcol": qcol,
+            "shared": stages * stage + 2 * qslot + 2 * chunk_bytes + 1024 + 256}
 
 
 # Prefill GEMM over the GGUF layout on Hopper tensor cores (wgmma, weights decoded in registers).
-register(Family("gguf_gemm", "gguf_gemm.hip.j2", fmts=GGUF_FMTS, ms=(GGUF_GEMM_TOKENS,), acts=("f16",),
+register(Family("gguf_gemm", "gguf_gemm.hip.j2", fmts=GGUF_FMTS, ms=GGUF_GEMM_TOKENS, acts=("f16",),
                 consts=_gguf_gemm_consts, sms=(90,), arch_suffix="a"))

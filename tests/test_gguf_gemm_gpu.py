@@ -21,9 +21,13 @@ DEV = "cuda"
 
 
 def _gemm_kernels(layout):
-    """The GEMM and its packer for any type, also those the op leaves to dequantize + cuBLAS."""
-    spec = KernelSpec("gguf_gemm", layout.qtype.lower(), m=GGUF_GEMM_TOKENS, arch="sm_90")
-    return {"gemm": get_kernel(spec, DEV), "pack": get_kernel(KernelSpec("x_pack", "f16", m=GGUF_GEMM_TOKENS, arch="sm_90"), DEV)}
+    """The GEMM and its packer, both token tiles, for any type (also those the op leaves to dequantize
+    + cuBLAS)."""
+    found = {}
+    for t in GGUF_GEMM_TOKENS:
+        found[("gemm", t)] = get_kernel(KernelSpec("gguf_gemm", layout.qtype.lower(), m=t, arch="sm_90"), DEV)
+        found[("pack", t)] = get_kernel(KernelSpec("x_pack", "f16", m=t, arch="sm_90"), DEV)
+    return found
 
 
 def _weights(qtype, n, k, g):
@@ -32,9 +36,10 @@ def _weights(qtype, n, k, g):
     return G.to_layout(raw.to(DEV), qtype), ref
 
 
+@pytest.mark.parametrize("tokens", GGUF_GEMM_TOKENS)
 @pytest.mark.parametrize("qtype", list(G.TYPES))
-def test_wgmma_gemm_matches_float64(qtype, seed):
-    """N = 300: a last block of 44 rows (the rest read as zeros); M = 300: a last token tile of 44;
+def test_wgmma_gemm_matches_float64(qtype, tokens, seed):
+    """N = 300: a last block of 44 rows (the rest read as zeros); M = 300: a last token tile of 44 or 172;
     K = 2560 (3072, 4096 where the GEMM needs it: gguf_gemm.takes_k): ten or more stages, so the
     header ring wraps (chunks of 1, 4 or 8 stages; Q2_K, Q3_K and Q6_K's last one runs past the row)."""
     g = torch.Generator().manual_seed(seed)
@@ -44,24 +49,24 @@ def test_wgmma_gemm_matches_float64(qtype, seed):
     x = torch.randn(m, k, generator=g).half()
     bias = torch.randn(n, generator=g).half()
     out = torch.full((m, n), float("nan"), dtype=torch.float16, device=DEV)
-    gguf_gemm.gemm(_gemm_kernels(layout), x.to(DEV), layout, bias.to(DEV), out=out)
+    gguf_gemm.gemm(_gemm_kernels(layout), x.to(DEV), layout, bias.to(DEV), out=out, tokens=tokens)
     torch.cuda.synchronize()
     assert torch.isfinite(out).all()
     err = rel_err(out, x.double() @ ref.t() + bias.double())
-    assert err < 2e-3, f"{qtype}: {err} seed={seed}"
+    assert err < 2e-3, f"{qtype} {tokens}: {err} seed={seed}"
 
 
 def test_prefill_takes_the_wgmma_gemm_where_it_fills_the_gpu(seed, monkeypatch):
     """linear() at M = 256 on a layer of 132 * 128 rows runs the wgmma GEMM (and is right); with K not a
-    multiple of 256, M = 64, or a type it is slower on (Q6_K), it dequantizes and multiplies with cuBLAS
-    instead."""
+    multiple of 256, an odd N or M = 64, it dequantizes and multiplies with cuBLAS instead."""
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     calls = []
     real = gguf_gemm.gemm
     monkeypatch.setattr(gguf_gemm, "gemm", lambda *a, **kw: calls.append(1) or real(*a, **kw))
     g = torch.Generator().manual_seed(seed)
     for qtype, n, k, m, used in (("Q4_0", sms * 128, 512, 256, 1), ("Q4_0", sms * 128, 288, 256, 0),
-                                 ("Q4_K", sms * 128, 512, 64, 0), ("Q6_K", sms * 128, 512, 256, 0)):
+                                 ("Q4_0", sms * 128 - 1, 512, 256, 0),
+                                 ("Q6_K", sms * 128, 512, 256, 1), ("Q4_K", sms * 128, 512, 64, 0)):
         layout, ref = _weights(qtype, n, k, g)
         calls.clear()
         x = torch.randn(m, k, generator=g).half()

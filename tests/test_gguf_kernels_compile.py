@@ -81,9 +81,10 @@ def test_kernel_specs():
     # sm_80+: tensor cores on fp16 activations, no quantizer; older NVIDIA keeps the integer path.
     assert ops.uses_mma("sm_90") and ops.uses_mma("sm_80") and not ops.uses_mma("sm_75")
     assert not ops.uses_mma(ARCH)
-    # sm_90: the prefill GEMM and its packer too, for the types it beats dequantize + cuBLAS on
-    assert {s.family for s in ops.kernel_specs("Q4_K", "sm_90")} == {"gguf_gemv", "gguf_dequant", "gguf_gemm", "x_pack"}
-    assert {s.family for s in ops.kernel_specs("Q6_K", "sm_90")} == {"gguf_gemv", "gguf_dequant"}
+    # sm_90: the prefill GEMM and its packer too, in both token tiles
+    hopper = ops.kernel_specs("Q6_K", "sm_90")
+    assert {s.family for s in hopper} == {"gguf_gemv", "gguf_dequant", "gguf_gemm", "x_pack"}
+    assert sorted(s.m for s in hopper if s.family == "gguf_gemm") == [128, 256]
     assert {s.family for s in ops.kernel_specs("Q4_K", "sm_75")} == {"gguf_gemv", "q8_1_quantize", "gguf_dequant"}
 
 

@@ -88,10 +88,11 @@ def cases() -> list[Case]:
         for n, k in ((1, b), (9, b), (13, 3 * b)):
             out.append(Case("gguf", f"gguf {t.lower()} N={n} K={k}", dict(qtype=t, n=n, k=k),
                             list(range(1, 9)) + [PREFILL_M - 2]))
-    from jitkern.ops.gguf_gemm import GEMM_TYPES
+    from jitkern.ops.gguf_gemm import takes_k
 
-    for t in sorted(GEMM_TYPES):                 # a K the Hopper GEMM takes (whole stages, aligned planes)
-        out.append(Case("gguf", f"gguf {t.lower()} N=13 K=1024", dict(qtype=t, n=13, k=1024), [PREFILL_M - 2]))
+    for t in GGUF_TYPES:                         # a K the Hopper GEMM takes (whole windows, aligned planes), even N
+        k = next(k for k in (1024, 2048) if takes_k(t, k))
+        out.append(Case("gguf", f"gguf {t.lower()} N=14 K={k}", dict(qtype=t, n=14, k=k), [PREFILL_M - 2]))
     # NaN in one activation and Inf in one scale: no crash, no stray access, non-finite exactly
     # in the affected row / column.
     for kind, params in [("gptq", dict(bits=4, group=32, sym=False, act_order=True, fmt="gptq", n=40, k=96)),
@@ -297,9 +298,10 @@ def run_gguf(c: Case, dev: str, g: torch.Generator, failures: list) -> None:
     from jitkern.ops import gguf_gemm
 
     found = ops.prepare(lay)
-    if "gemm" in found and gguf_gemm.takes_k(p["qtype"], p["k"]):   # the Hopper wgmma GEMM
-        out = gguf_gemm.gemm(found, x.to(dev), lay)
-        _check(out, x.double() @ ref_w.t(), x, ref_w, f"{c.name} wgmma prefill", failures)
+    if ("gemm", 256) in found and gguf_gemm.takes_k(p["qtype"], p["k"]) and p["n"] % 2 == 0:   # the Hopper wgmma GEMM
+        for tokens in (256, 128):
+            out = gguf_gemm.gemm(found, x.to(dev), lay, tokens=tokens)
+            _check(out, x.double() @ ref_w.t(), x, ref_w, f"{c.name} wgmma prefill, {tokens}-token tiles", failures)
 
 
 F16_BITS = {"nan": 0x7E00, "inf": 0x7C00, "-inf": 0xFC00}

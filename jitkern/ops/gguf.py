@@ -48,16 +48,17 @@ def uses_mma(arch: str) -> bool:
 
 def kernel_specs(qtype, arch: str, max_m: int = MAX_GEMV_M) -> list[KernelSpec]:
     """Every kernel one GGUF type can hit: GEMV for M = 1..max_m, the activation quantizer (integer
-    path only), the fp16 dequantizer (prefill) and, on an H100, the prefill GEMM and its packer for the
-    types it is faster on (gguf_gemm.GEMM_TYPES)."""
+    path only), the fp16 dequantizer (prefill) and, on an H100, the prefill GEMM and its packer in both
+    token tiles."""
     fmt = gguf_type(qtype).name.lower()
     specs = [KernelSpec("gguf_gemv", fmt, m=m, arch=arch) for m in range(1, min(max_m, MAX_GEMV_M) + 1)]
     if not uses_mma(arch):
         specs.append(KernelSpec("q8_1_quantize", "q8_1", arch=arch))
     specs.append(KernelSpec("gguf_dequant", fmt, act="f16", arch=arch))
-    if get_family("gguf_gemm").supports(arch) and fmt.upper() in gguf_gemm.GEMM_TYPES:
-        specs.append(KernelSpec("gguf_gemm", fmt, m=GGUF_GEMM_TOKENS, arch=arch))
-        specs.append(KernelSpec("x_pack", "f16", m=GGUF_GEMM_TOKENS, arch=arch))
+    if get_family("gguf_gemm").supports(arch):
+        for tokens in GGUF_GEMM_TOKENS:
+            specs.append(KernelSpec("gguf_gemm", fmt, m=tokens, arch=arch))
+            specs.append(KernelSpec("x_pack", "f16", m=tokens, arch=arch))
     return specs
 
 
@@ -69,7 +70,9 @@ def _key(spec: KernelSpec):
         return ("gemv", spec.m)
     if spec.family == "gguf_dequant":
         return ("dequant", spec.act)
-    return {"q8_1_quantize": "quantize", "gguf_gemm": "gemm", "x_pack": "pack"}[spec.family]
+    if spec.family in ("gguf_gemm", "x_pack"):
+        return ("gemm" if spec.family == "gguf_gemm" else "pack", spec.m)     # per token tile
+    return "quantize"
 
 
 def _device(layout: GGUFLayout, device) -> torch.device:
@@ -98,7 +101,7 @@ def prepare(layout: GGUFLayout, device=None, arch: Optional[str] = None) -> dict
     kernels, and the prefill GEMM's k order for its K (a host-to-device copy, once a type and K)."""
     device = _device(layout, device)
     found = _loaded(layout, device, arch)
-    if "gemm" in found and gguf_gemm.takes_k(layout.qtype, layout.k):
+    if ("gemm", GGUF_GEMM_TOKENS[0]) in found and gguf_gemm.takes_k(layout.qtype, layout.k):
         gguf_gemm.k_order(layout, device)
     return found
 
@@ -221,8 +224,9 @@ def gemm(x: torch.Tensor, layout: GGUFLayout, bias: Optional[torch.Tensor] = Non
     dequantize row strips into a bounded fp16 workspace (JITKERN_WORKSPACE_MB) and multiply each with
     BLAS straight into its columns of the output (bias in the GEMM's epilogue)."""
     kernels = _loaded(layout, x.device)
-    if gguf_gemm.available(layout, kernels, x.shape[0], x.device):
-        return gguf_gemm.gemm(kernels, x, layout, bias)
+    tokens = gguf_gemm.plan(layout, kernels, x.shape[0], x.device)
+    if tokens is not None:
+        return gguf_gemm.gemm(kernels, x, layout, bias, tokens=tokens)
     out = torch.empty(x.shape[0], layout.n, dtype=torch.float16, device=x.device)
     # whole 64-row strips: each strip's output columns start 128-byte aligned for cuBLAS
     per_chunk = max(64, env.workspace_bytes() // (layout.k * 2) // 64 * 64)

@@ -1,9 +1,9 @@
 """GGUF prefill on Hopper (sm_90): the wgmma GEMM of templates/gguf_gemm.hip.j2 over the GEMV's layout.
 
 x_pack gathers the activations into the GEMM's tiles in its k order (``k_order``), then one launch
-multiplies; the weights are read once a token tile and never written out in fp16.  The rest
-dequantize + cuBLAS: other GPUs, types it is slower on (GEMM_TYPES), K it cannot box (``takes_k``),
-fewer than 128 tokens, layers that leave the last wave too empty, and JITKERN_PREFILL=blas.
+multiplies, in tiles of 256 or 128 tokens, whichever fills the last wave of blocks better (``plan``);
+the weights are read once a token tile and never written out in fp16.  The rest dequantize +
+cuBLAS: other GPUs, K it cannot box (``takes_k``), odd N, fewer than 128 tokens, layers that leave too many SMs idle, and JITKERN_PREFILL=blas.
 """
 from __future__ import annotations
 
@@ -15,17 +15,9 @@ from .. import env
 from ..families import GGUF_GEMM_TOKENS, GGUF_GROUPS
 from ..formats.checks import expect
 from ..formats.gguf import GGUFLayout
-from . import splitk, xpack
+from . import splitk, waves, xpack
 
 STAGE = 256                      # elements of K a stage of the GEMM
-MIN_BUSY = 0.5                   # below this share of the SMs busy in the last wave, dequantize + cuBLAS
-# The types the op multiplies with the GEMM: those it ran faster than dequantize + cuBLAS (H100, M = 512,
-# Llama-3-8B qkv / o / gate_up and 70B o, geomean of fp16's throughput, one machine: GEMM against
-# dequantize + cuBLAS): Q4_0 0.76 / 0.65, Q4_1 0.73 / 0.64, Q5_0 0.65 / 0.63, Q5_1 0.66 / 0.63,
-# Q8_0 0.67 / 0.61, Q2_K 0.69 / 0.65, Q4_K 0.70 / 0.64, Q5_K 0.64 / 0.61.  Not: Q3_K 0.61 / 0.63,
-# Q6_K 0.52 / 0.61 (three vectors a slice for one group's 16 weights), IQ4_NL 0.54 / 0.64 and IQ4_XS
-# 0.53 / 0.63 (a codebook lookup in shared memory a weight).  The kernel runs and is tested for all.
-GEMM_TYPES = frozenset({"Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q4_K", "Q5_K"})
 
 
 def stage_order(qtype: str) -> torch.Tensor:
@@ -78,21 +70,20 @@ def takes_k(qtype: str, k: int) -> bool:
     return True
 
 
-def available(layout: GGUFLayout, kernels: dict, m: int, device) -> bool:
-    """The GEMM runs for this call: built for the device, a K it takes, at least a token tile, and the
-    last wave of blocks busy enough."""
-    if ("gemm" not in kernels or m < GGUF_GEMM_TOKENS or env.prefill_backend() != "auto"
-            or not takes_k(layout.qtype, layout.k)):
-        return False
-    rows = kernels["gemm"].consts["rows"]
-    blocks = -(-layout.n // rows) * -(-m // GGUF_GEMM_TOKENS)
-    sms = splitk.multiprocessors(device)
-    return blocks >= MIN_BUSY * sms * -(-blocks // sms)
+def plan(layout: GGUFLayout, kernels: dict, m: int, device) -> Optional[int]:
+    """The token tile the GEMM runs this call with (ops/waves.py), or None (dequantize + cuBLAS): it
+    needs the kernels built for the device, a K it takes, an even N (its TMA box pairs rows), at
+    least a 128-token tile, and SMs busy enough."""
+    if (("gemm", 256) not in kernels or m < min(GGUF_GEMM_TOKENS) or env.prefill_backend() != "auto"
+            or not takes_k(layout.qtype, layout.k) or layout.n % 2):
+        return None
+    blocks = {t: -(-layout.n // kernels[("gemm", t)].consts["rows"]) * -(-m // t) for t in GGUF_GEMM_TOKENS}
+    return waves.best_tile(blocks, splitk.multiprocessors(device))
 
 
 def _maps(layout: GGUFLayout, consts: dict) -> list:
     """TMA maps: one per header plane (boxes of a chunk's entries x the block's rows), then the quants
-    (boxes of a stage's blocks x the rows)."""
+    (boxes of a stage's blocks x the rows, by columns)."""
     from ..runtime import cuda
 
     qs, hdr, rows = layout.qs, layout.hdr, consts["rows"]
@@ -101,21 +92,26 @@ def _maps(layout: GGUFLayout, consts: dict) -> list:
                f"strides {t.stride()}, address {t.data_ptr():#x}")
     maps = [cuda.tensor_map(hdr.data_ptr(), (hdr.shape[1], layout.n), (run, rows), 1)
             for _name, _off, _size, run in consts["runs"]]
-    row_bytes = layout.blocks_per_row * layout.quant_bytes
-    maps.append(cuda.tensor_map(qs.data_ptr(), (row_bytes, layout.n), (consts["per_stage"] * layout.quant_bytes, rows), 1))
+    # The quants as [row % 2][column][row / 2][qcol bytes] in shared memory (gguf_gemm.hip.j2).
+    rb, col = layout.blocks_per_row * layout.quant_bytes, consts["qcol"]
+    maps.append(cuda.tensor_map(qs.data_ptr(), (col, layout.n // 2, rb // col, 2),
+                                (col, rows // 2, consts["per_stage"] * layout.quant_bytes // col, 2), 1,
+                                strides=(2 * rb, col, rb)))
     return maps
 
 
 def gemm(kernels: dict, x: torch.Tensor, layout: GGUFLayout, bias: Optional[torch.Tensor] = None,
-         out: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """out = x @ W^T (+ bias) through the wgmma GEMM; x fp16 [M, K] rows on the layout's device."""
-    gemm_kernel = kernels["gemm"]
-    c, m, k = gemm_kernel.consts, x.shape[0], layout.k
-    expect(takes_k(layout.qtype, k), "layout", "a K whose header planes start 16-byte aligned (takes_k)", k)
-    tokens = c["tokens"]
-    xp = xpack.pack(kernels["pack"], x, k_order(layout, x.device), tokens)
+         out: Optional[torch.Tensor] = None, tokens: int = GGUF_GEMM_TOKENS[0]) -> torch.Tensor:
+    """out = x @ W^T (+ bias) through the wgmma GEMM in tiles of `tokens`; x fp16 [M, K] rows on the
+    layout's device."""
+    expect(("gemm", tokens) in kernels, "tokens", f"one of {GGUF_GEMM_TOKENS}", tokens)
+    expect(takes_k(layout.qtype, layout.k), "layout", "a K whose header planes start 16-byte aligned (takes_k)", layout.k)
+    expect(layout.n % 2 == 0, "layout", "an even number of rows N (the GEMM's TMA box pairs them)", layout.n)
+    gemm_kernel, m = kernels[("gemm", tokens)], x.shape[0]
+    c = gemm_kernel.consts
+    xp = xpack.pack(kernels[("pack", tokens)], x, k_order(layout, x.device), tokens)
     if out is None:
         out = torch.empty(m, layout.n, dtype=torch.float16, device=x.device)
     gemm_kernel((-(-layout.n // c["rows"]), -(-m // tokens)), (c["threads"],), xp, *_maps(layout, c), bias, out,
-                m, k, layout.n, shared=c["shared"])
+                m, layout.k, layout.n, shared=c["shared"])
     return out

@@ -11,7 +11,7 @@ from .. import env
 from ..formats.checks import expect
 from ..formats.layout import TILE_N, IntLayout
 from ..runtime import get_kernel
-from . import blas, int_gemm_triton, splitk, xpack
+from . import blas, int_gemm_triton, splitk, waves, xpack
 from ..families import GEMM_TOKENS, get_family
 from ..spec import KernelSpec
 from ..arch import resolve
@@ -169,11 +169,6 @@ def mma_perm(layout: IntLayout) -> torch.Tensor:
 
 
 GEMM_SPLITS = (1, 2)         # K splits of the wgmma GEMM: a cluster of that many blocks per output tile
-# The plan's time model (_wgmma_plan), fitted to H100 runs (int4, M = 512): a block's time a step by
-# token tile, relative to 256 tokens (half the MMAs, the same weights to decode: 0.58-0.61 where both
-# filled their waves).
-TILE_COST = {256: 1.0, 128: 0.6}
-MIN_BUSY = 0.6               # below this share of the 256-token tile's ideal time, dequantize + cuBLAS wins
 
 
 def _wgmma_shape(consts: dict, layout: IntLayout, m: int) -> tuple[int, int, int]:
@@ -182,7 +177,7 @@ def _wgmma_shape(consts: dict, layout: IntLayout, m: int) -> tuple[int, int, int
 
 
 def _wgmma_plan(kernels: dict, layout: IntLayout, m: int, device) -> int | None:
-    """The wgmma GEMM's token tile of least estimated time (waves of blocks x TILE_COST), or None
+    """The wgmma GEMM's token tile of least estimated time (ops/waves.py), or None
     (dequantize + cuBLAS) for M below a 256-token tile or where even the best tile leaves too many SMs
     idle.  H100, int4, M = 512, fractions of fp16 cuBLAS with each plan forced in one run (tokens /
     K splits); the model picks the best of each layer:
@@ -197,14 +192,11 @@ def _wgmma_plan(kernels: dict, layout: IntLayout, m: int, device) -> int | None:
     slower than it on every layer, so the op does not split; the kernel still can (_wgmma_gemm)."""
     if m < GEMM_TOKENS[0]:
         return None
-    sms = splitk.multiprocessors(device)
     blocks = {}
     for tokens in GEMM_TOKENS:
         columns, tiles, _ = _wgmma_shape(kernels[("gemm", tokens)].consts, layout, m)
         blocks[tokens] = columns * tiles
-    time = {t: -(-blocks[t] // sms) * TILE_COST[t] for t in GEMM_TOKENS}     # whole waves of blocks
-    best = min(time, key=time.get)
-    return best if blocks[GEMM_TOKENS[0]] / sms >= MIN_BUSY * time[best] else None
+    return waves.best_tile(blocks, splitk.multiprocessors(device))
 
 
 def _weight_map(layout: IntLayout, consts: dict):

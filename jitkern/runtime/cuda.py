@@ -4,6 +4,7 @@ from __future__ import annotations
 import ctypes
 import logging
 from functools import lru_cache
+from typing import Optional
 
 from ..compiler import BackendMissing
 
@@ -132,18 +133,20 @@ class TensorMap(ctypes.Structure):
 
 
 @lru_cache(maxsize=4096)
-def tensor_map(address: int, shape: tuple, box: tuple, element_bytes: int = 4) -> TensorMap:
-    """A tiled TMA tensor map over a contiguous tensor of 1- or 4-byte integers at `address` (sm_90+):
-    boxes of `box` elements (both innermost dimension first, as cp.async.bulk.tensor counts); elements
-    outside the tensor read as zero.  Host-only (no stream work), so it may be built during graph
-    capture."""
+def tensor_map(address: int, shape: tuple, box: tuple, element_bytes: int = 4,
+               strides: Optional[tuple] = None) -> TensorMap:
+    """A tiled TMA tensor map over a tensor of 1- or 4-byte integers at `address` (sm_90+): boxes of
+    `box` elements (both innermost dimension first, as cp.async.bulk.tensor counts), dimension i + 1
+    `strides[i]` bytes apart (default: contiguous; any order, multiples of 16); elements outside the
+    tensor read as zero.  Host-only (no stream work), so it may be built during graph capture."""
     drv = _driver()
     T = drv.CUtensorMapDataType
     dtype = {1: T.CU_TENSOR_MAP_DATA_TYPE_UINT8, 4: T.CU_TENSOR_MAP_DATA_TYPE_UINT32}[element_bytes]
-    strides, size = [], element_bytes
-    for d in shape[:-1]:
-        size *= d
-        strides.append(size)
+    if strides is None:
+        strides, size = [], element_bytes
+        for d in shape[:-1]:
+            size *= d
+            strides.append(size)
     u64, u32 = drv.cuuint64_t, drv.cuuint32_t
     err, tmap = drv.cuTensorMapEncodeTiled(
         dtype, len(shape), address, [u64(d) for d in shape], [u64(d) for d in strides],
