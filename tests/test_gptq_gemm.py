@@ -107,7 +107,7 @@ def test_wgmma_producer_issues_few_copies_a_step(bits, group, sym, act_order, pe
     spec = KernelSpec("gptq_gemm", "gptq", bits=bits, group=group, m=GEMM_TOKENS[0], arch="sm_90",
                       options={"sym": sym, "act_order": act_order})
     ptx = nvrtc.ptx(render(spec), "compute_90a")
-    tensor = ptx.count("cp.async.bulk.tensor.3d.shared::cluster.global")
+    tensor = ptx.count("cp.async.bulk.tensor.4d.shared::cluster.global")
     bulk = ptx.count("cp.async.bulk.shared::cluster.global")
     assert tensor > 0 and bulk == per_step * tensor, (tensor, bulk)
 
