@@ -67,7 +67,8 @@ def _set_pdl(on: bool) -> None:
 GEMVS = [("gptq_gemv", dict(fmt="gptq", bits=4, group=128), {"sym": True}, "gq_step_load_w"),
          ("dense_gemv", dict(fmt="f16"), {}, None),
          ("gguf_gemv", dict(fmt="q8_0"), {}, "gg_step_load"),
-         ("gguf_gemv", dict(fmt="q4_k"), {}, None)]
+         ("gguf_gemv", dict(fmt="q4_k"), {}, "gg_step_load"),        # one step in flight, early at M = 1
+         ("gguf_gemv", dict(fmt="q4_k", m=8), {}, None)]
 
 
 def _definition(src: str, name: str) -> str:
@@ -78,7 +79,7 @@ def _definition(src: str, name: str) -> str:
 @pytest.mark.parametrize("family,fields,options,early", GEMVS)
 @pytest.mark.parametrize("arch,launched", [("sm_90", True), ("sm_80", False), ("gfx906", False)])
 def test_pdl_only_where_the_kernel_waits(family, fields, options, early, arch, launched):
-    spec = KernelSpec(family, arch=arch, m=1, options=options, **fields)
+    spec = KernelSpec(family, arch=arch, options=options, **{"m": 1, **fields})
     assert bool(get_family(family).consts(spec).get("pdl")) is launched
     assert not get_family("gptq_dequant").consts(KernelSpec("gptq_dequant", "gptq", bits=4, group=128,
                                                              arch=arch)).get("pdl")
@@ -98,9 +99,14 @@ def test_pdl_only_where_the_kernel_waits(family, fields, options, early, arch, l
             assert load_w.startswith("[](")
         else:                                          # weights only: no activation pointer in reach
             assert early + "(" in load_w and not re.search(r"\bxr?\b", _definition(src, early))
-    else:                                              # one step in flight: the kernel waits first
+    else:                                              # one step in flight
         main_loop = body.index("jk_wait_prior_grid();")
-        assert main_loop < body.index("gg_step_load(st, s0")
+        first_load = body.index("gg_step_load(st, s0")
+        if early is None:                              # the kernel waits first
+            assert main_loop < first_load
+        else:                                          # the first step's weights, the wait, then x
+            assert first_load < main_loop < body.index("gg_step_mma(st, s0")
+            assert not re.search(r"\bxr?\b", _definition(src, early))
     assert main_loop < re.search(r"out\[|gq_store\(", body).start()   # so does every output store
 
 
