@@ -3,7 +3,8 @@
 x_pack gathers the activations into the GEMM's tiles in its k order (``k_order``), then one launch
 multiplies, in tiles of 256 or 128 tokens, whichever fills the last wave of blocks better (``plan``);
 the weights are read once a token tile and never written out in fp16.  The rest dequantize +
-cuBLAS: other GPUs, K it cannot box (``takes_k``), odd N, fewer than 128 tokens, layers that leave too many SMs idle, and JITKERN_PREFILL=blas.
+cuBLAS: other GPUs, K it cannot box (``takes_k``), odd N, fewer than 128 tokens, layers that leave
+too many SMs idle, and JITKERN_PREFILL=blas.
 """
 from __future__ import annotations
 
@@ -17,14 +18,14 @@ from ..formats.checks import expect
 from ..formats.gguf import GGUFLayout
 from . import splitk, waves, xpack
 
-STAGE = 256                      # elements of K a stage of the GEMM
+STAGE = 256                      # elements of K a window of the GEMM (its k order repeats each window)
 
 
 def stage_order(qtype: str) -> torch.Tensor:
-    """The GEMM's k order inside one 256-element stage: slot 64q + 16kk + s of sub-step q, k16 step kk
-    holds element ``order[...]`` of the stage.  Slot s = 2t + e (+ 8 for the word's second pair) belongs
-    to lane t, which decodes the stage's 16-element group 4q + t; word kk of that group is its elements
-    4kk..4kk+3 (gguf_types.h.j2)."""
+    """The GEMM's k order inside one 256-element window: slot 64q + 16kk + s of sub-step q, k16 step kk
+    holds element ``order[...]`` of the window.  Slot s = 2t + e (+ 8 for the word's second pair)
+    belongs to lane t, which decodes the window's 16-element group 4q + t; word kk of that group is its
+    elements 4kk..4kk+3 (gguf_types.h.j2)."""
     fmt = qtype.lower()
     slices, groups, position = GGUF_GROUPS[fmt]
     block = 16 * slices * groups
