@@ -75,7 +75,7 @@ def plan(layout: GGUFLayout, kernels: dict, m: int, device) -> Optional[int]:
     """The token tile the GEMM runs this call with (ops/waves.py), or None (dequantize + cuBLAS): it
     needs the kernels built for the device, a K it takes, an even N (its TMA box pairs rows), at
     least a 128-token tile, and SMs busy enough."""
-    if (("gemm", 256) not in kernels or m < min(GGUF_GEMM_TOKENS) or env.prefill_backend() != "auto"
+    if (("gemm", GGUF_GEMM_TOKENS[0]) not in kernels or m < min(GGUF_GEMM_TOKENS) or env.prefill_backend() != "auto"
             or not takes_k(layout.qtype, layout.k) or layout.n % 2):
         return None
     blocks = {t: -(-layout.n // kernels[("gemm", t)].consts["rows"]) * -(-m // t) for t in GGUF_GEMM_TOKENS}
