@@ -82,6 +82,23 @@ def _dependent_launch(spec, waits: bool) -> bool:
     return waits and spec.target.sm >= 90
 
 
+# `trigger_early`: a tensor-core GEMV lets the next kernel launch (griddepcontrol.launch_dependents)
+# as soon as it has requested its first weights, not after its main loop: the next GEMV's blocks then
+# take SM slots as this one's free them and request their own first weights while this one streams
+# (templates/prelude.h.j2).  Fractions of fp16 F.linear, geomean of the 8 Llama-3 shapes, before ->
+# after, same run (2026-11-27; two H100 runs, two H200 runs):
+#     GPTQ int4 M=1   H100 0.826 -> 0.840, 0.822 -> 0.824   H200 0.664 -> 0.682, 0.667 -> 0.680
+#     GPTQ int4 M=8   H100 0.786 -> 0.792, 0.783 -> 0.782   H200 0.640 -> 0.652, 0.638 -> 0.642
+#     Q4_1 M=1        H100 0.817 -> 0.839                   H200 0.715 -> 0.733, 0.720 -> 0.734
+#     Q4_K M=1        H100 0.751 -> 0.769, 0.748 -> 0.766   H200 0.601 -> 0.617, 0.603 -> 0.616
+#     Q4_0 M=1        H100 0.839 -> 0.850, 0.840 -> 0.847   H200 0.727 -> 0.726, 0.733 -> 0.725
+# It helps most on layers that leave SM slots free (8B qkv int4 M=1 0.67 -> 0.77 on the H100) and
+# costs the 70B qkv (0.78 -> 0.71), whose many small blocks per SM let the next kernel's blocks pile
+# onto the SMs that free first.  Not kept where it measured worse: the Q8_0 GEMV at M > 1 (H200 M=8
+# 0.908 -> 0.878, 0.909 -> 0.888) and the dense GEMV (1.107 -> 1.091).  Always using the largest
+# block with it was worse (int4 M=1 0.680 -> 0.612).
+
+
 def _gemv_consts(spec) -> dict:
     if spec.target.vendor == "nvidia":
         # sm_80+: tensor-core MMAs (the op picks 128..512 threads a block).  Older: one lane keeps all
@@ -92,7 +109,7 @@ def _gemv_consts(spec) -> dict:
         mma = spec.target.sm >= 80
         unroll = 2 if spec.bits in (3, 8) else 4
         return {"threads": 512, "msplit": 1, "mpl": spec.m, "occupancy": 1, "mma": mma, "gathers_x": not mma,
-                "unroll": unroll, "pdl": _dependent_launch(spec, mma)}
+                "unroll": unroll, "pdl": _dependent_launch(spec, mma), "trigger_early": _dependent_launch(spec, mma)}
     # gfx906: lanes sharing one 128-bit weight load (same address, one request) split the M rows so
     # that a lane stays within 64 VGPRs (4 waves per SIMD) without scratch: at most 2 rows a lane for
     # plain int4, one row a lane where decoding needs more registers (8-bit words come in pairs; the
@@ -189,9 +206,17 @@ def _gguf_consts(spec) -> dict:
     # rows are loaded together.  `early`: the one-step tensor-core GEMV requests its first step of
     # weights before waiting for the prior grid, at M = 1 only (H100, geomean of fp16 F.linear, one
     # run: Q4_0 M=1 0.817 -> 0.834, M=8 0.744 -> 0.665; Q4_K 0.729 -> 0.741, 0.706 -> 0.693).
+    # `pipelined`: two steps of slices in flight, Q8_0 only (H100: M=1 0.96 -> 0.99 of fp16): Q4_0
+    # and Q4_1 measured slower with it (M=1 0.81 -> 0.74, 0.80 -> 0.69; with half the slices a step,
+    # 0.84 -> 0.77 on 2026-11-27) and most other types spill past 128 registers with two steps (a
+    # step of Q5_1, Q2_K, Q4_K, Q6_K takes 52+ of them).  sm_100+ keeps one step until checked.
+    # `trigger_early` (sm_90, M = 1): the next kernel may launch once the first weights are requested
+    # (the note above _gemv_consts).
     return {"threads": 256, "block": qt.block, "qb": qt.quant_bytes, "planes": planes, "mma": mma,
             "token_batch": 2, "tiles": tiles, "max_threads": 256 * tiles, "min_blocks": 3 - tiles,
-            "unroll": unroll, "pdl": _dependent_launch(spec, mma), "early": mma and spec.m == 1}
+            "unroll": unroll, "pdl": _dependent_launch(spec, mma), "early": mma and spec.m == 1,
+            "pipelined": mma and spec.target.sm < 100 and spec.fmt == "q8_0",
+            "trigger_early": mma and spec.m == 1 and _dependent_launch(spec, mma)}
 
 
 # Activations -> int8 planes (Q8_1 quants + residual) and per-16 (d/254, sum) for the GGUF GEMV.

@@ -63,12 +63,15 @@ def _set_pdl(on: bool) -> None:
         k.pdl = on and bool(k.consts.get("pdl"))
 
 
-# family, spec fields, options, and the function loading a step before the wait (None: nothing is)
-GEMVS = [("gptq_gemv", dict(fmt="gptq", bits=4, group=128), {"sym": True}, "gq_step_load_w"),
-         ("dense_gemv", dict(fmt="f16"), {}, None),
-         ("gguf_gemv", dict(fmt="q8_0"), {}, "gg_step_load"),
-         ("gguf_gemv", dict(fmt="q4_k"), {}, "gg_step_load"),        # one step in flight, early at M = 1
-         ("gguf_gemv", dict(fmt="q4_k", m=8), {}, None)]
+# family, spec fields, options, the function loading a step before the wait (None: nothing is), and
+# whether the kernel lets the next one launch right after those loads (else after its main loop)
+GEMVS = [("gptq_gemv", dict(fmt="gptq", bits=4, group=128), {"sym": True}, "gq_step_load_w", True),
+         ("gptq_gemv", dict(fmt="gptq", bits=4, group=128, m=8), {"sym": True}, "gq_step_load_w", True),
+         ("dense_gemv", dict(fmt="f16"), {}, None, False),
+         ("gguf_gemv", dict(fmt="q8_0"), {}, "gg_step_load", True),
+         ("gguf_gemv", dict(fmt="q8_0", m=8), {}, "gg_step_load", False),
+         ("gguf_gemv", dict(fmt="q4_k"), {}, "gg_step_load", True),  # one step in flight, early at M = 1
+         ("gguf_gemv", dict(fmt="q4_k", m=8), {}, None, False)]
 
 
 def _definition(src: str, name: str) -> str:
@@ -76,9 +79,9 @@ def _definition(src: str, name: str) -> str:
     return src[start:src.index("\n}\n", start)]
 
 
-@pytest.mark.parametrize("family,fields,options,early", GEMVS)
+@pytest.mark.parametrize("family,fields,options,early,trigger", GEMVS)
 @pytest.mark.parametrize("arch,launched", [("sm_90", True), ("sm_80", False), ("gfx906", False)])
-def test_pdl_only_where_the_kernel_waits(family, fields, options, early, arch, launched):
+def test_pdl_only_where_the_kernel_waits(family, fields, options, early, trigger, arch, launched):
     spec = KernelSpec(family, arch=arch, options=options, **{"m": 1, **fields})
     assert bool(get_family(family).consts(spec).get("pdl")) is launched
     assert not get_family("gptq_dequant").consts(KernelSpec("gptq_dequant", "gptq", bits=4, group=128,
@@ -91,8 +94,13 @@ def test_pdl_only_where_the_kernel_waits(family, fields, options, early, arch, l
     if "jk_two_steps_in_flight<" in body:
         # the helper requests the first step's weights, waits, and only then reads activations
         helper = src[src.index("JK_DEVICE int jk_two_steps_in_flight("):]
+        helper = helper[:helper.index("\n}\n")]
         wait = helper.index("jk_wait_prior_grid();")
         assert helper.index("load_w(a, pos)") < wait < helper.index("load_x(a, pos)") < helper.index("compute(a, pos)")
+        if trigger:                                    # both first steps' weights, then the next launch
+            assert helper.index("load_w(b, pos + stride)") < helper.index("jk_launch_dependents();") < wait
+        else:
+            assert "jk_launch_dependents" not in helper
         main_loop = body.index("jk_two_steps_in_flight<")
         load_w, load_x, compute = re.findall(r"\[&?\]\([^)]*\)\s*\{[^}]*\}", body[main_loop:])[:3]
         if early is None:                              # nothing before the wait
@@ -107,6 +115,7 @@ def test_pdl_only_where_the_kernel_waits(family, fields, options, early, arch, l
         else:                                          # the first step's weights, the wait, then x
             assert first_load < main_loop < body.index("gg_step_mma(st, s0")
             assert not re.search(r"\bxr?\b", _definition(src, early))
+        assert (body.index("jk_launch_dependents();") < main_loop) is trigger
     assert main_loop < re.search(r"out\[|gq_store\(", body).start()   # so does every output store
 
 
