@@ -1,9 +1,12 @@
 """Compile targets: parse, validate and detect them.
 
-A target is a full arch string: ``gfx906``, ``gfx906:sramecc+:xnack-`` (AMD, with target features) or
-``sm_90`` (NVIDIA).  A GPU detected at run time is reduced to its bare AMD arch name: a feature-neutral
-code object loads on every card of that arch (MI50 reports ``sramecc+``, Radeon VII ``sramecc-``), so
-one ``jitkern warmup --arch gfx906`` serves both.  ``JITKERN_ARCH`` or ``arch=`` pins features.
+A target is a full arch string: ``gfx906``, ``gfx906:sramecc+:xnack-`` (AMD, with target features),
+``sm_90`` (NVIDIA) or ``compute_75`` (NVIDIA PTX, which the driver compiles when it loads it: it runs on
+that compute capability and every newer one, so ``JITKERN_ARCH=compute_75 jitkern selftest`` runs the
+kernels' CUDA-core builds, the ones closest to gfx906's, on a GPU that has tensor cores).  A GPU
+detected at run time is reduced to its bare AMD arch name: a feature-neutral code object loads on every
+card of that arch (MI50 reports ``sramecc+``, Radeon VII ``sramecc-``), so one ``jitkern warmup --arch
+gfx906`` serves both.  ``JITKERN_ARCH`` or ``arch=`` pins features.
 """
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from dataclasses import dataclass
 from . import env
 
 _AMD = re.compile(r"^gfx[0-9]{3,4}[a-f]?(:(sramecc|xnack)[+-])*$")
-_NVIDIA = re.compile(r"^sm_[0-9]{2,3}[af]?$")
+_NVIDIA = re.compile(r"^(sm|compute)_[0-9]{2,3}[af]?$")
 
 
 @dataclass(frozen=True)
@@ -23,7 +26,7 @@ class Target:
     def __post_init__(self):
         if not (_AMD.match(self.arch) or _NVIDIA.match(self.arch)):
             raise ValueError(f"arch {self.arch!r}: expected an AMD target such as 'gfx906' or "
-                             f"'gfx906:sramecc+:xnack-', or an NVIDIA one such as 'sm_90'")
+                             f"'gfx906:sramecc+:xnack-', or an NVIDIA one such as 'sm_90' or 'compute_75' (PTX)")
 
     @property
     def vendor(self) -> str:
@@ -47,8 +50,8 @@ class Target:
 
     @property
     def short(self) -> str:
-        """The arch as used in readable names: 'gfx906', 'gfx906-sramecc+-xnack-', 'sm90'."""
-        return self.arch.replace(":", "-").replace("sm_", "sm")
+        """The arch as used in readable names: 'gfx906', 'gfx906-sramecc+-xnack-', 'sm90', 'compute75'."""
+        return self.arch.replace(":", "-").replace("sm_", "sm").replace("compute_", "compute")
 
 
 def parse(arch: str) -> Target:

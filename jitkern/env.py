@@ -11,7 +11,8 @@ import platformdirs
 
 SETTINGS = {
     "JITKERN_CACHE_DIR": "kernel cache directory (default: the user cache dir, e.g. ~/.cache/jitkern)",
-    "JITKERN_ARCH": "compile for this target instead of the local GPU (e.g. gfx906, gfx906:sramecc+:xnack-, sm_90)",
+    "JITKERN_ARCH": "compile for this target instead of the local GPU (e.g. gfx906, gfx906:sramecc+:xnack-, "
+                    "sm_90; compute_75: NVIDIA PTX for any newer card)",
     "JITKERN_NO_COMPILE": "1: a cache miss is an error (proves a warmed cache is complete)",
     "JITKERN_GEMV_MAX_M": "largest batch served by the GEMV kernels; above it dequantize + GEMM (default 8)",
     "JITKERN_WORKSPACE_MB": "bound on the fp16 dequantization workspace of the prefill path (default 256)",

@@ -81,19 +81,26 @@ def _program(source: str, arch: str, options: list[str], name: str, log: list | 
 
 
 def compile(source: str, arch: str, options: list[str], name: str = "kernel.cu", log: list | None = None) -> bytes:
-    """Compile CUDA source to a cubin; `log` (a list) receives the compiler's messages, e.g. ptxas's
-    with --ptxas-options=-v."""
+    """Compile CUDA source to a cubin, or for a virtual architecture (compute_75) to PTX, NUL-terminated
+    as the driver loads it; `log` (a list) receives the compiler's messages, e.g. ptxas's with
+    --ptxas-options=-v."""
     with _program(source, arch, options, name, log) as (nvrtc, prog):
+        if arch.startswith("compute_"):
+            return _ptx(nvrtc, prog)
         (size,) = _check(nvrtc.nvrtcGetCUBINSize(prog), "nvrtcGetCUBINSize")
         cubin = b" " * size
         _check(nvrtc.nvrtcGetCUBIN(prog, cubin), "nvrtcGetCUBIN")
         return cubin
 
 
+def _ptx(nvrtc, prog) -> bytes:
+    (size,) = _check(nvrtc.nvrtcGetPTXSize(prog), "nvrtcGetPTXSize")
+    text = b" " * size
+    _check(nvrtc.nvrtcGetPTX(prog, text), "nvrtcGetPTX")
+    return text
+
+
 def ptx(source: str, arch: str, name: str = "kernel.cu") -> str:
     """The PTX of CUDA source for a virtual architecture (e.g. compute_90a), to inspect what it issues."""
     with _program(source, arch, default_options(arch), name, None) as (nvrtc, prog):
-        (size,) = _check(nvrtc.nvrtcGetPTXSize(prog), "nvrtcGetPTXSize")
-        text = b" " * size
-        _check(nvrtc.nvrtcGetPTX(prog, text), "nvrtcGetPTX")
-        return text.rstrip(b"\0").decode()
+        return _ptx(nvrtc, prog).rstrip(b"\0").decode()
