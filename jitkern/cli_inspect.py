@@ -75,11 +75,12 @@ def _nvidia(spec) -> dict:
 
     if torch.cuda.is_available() and not getattr(torch.version, "hip", None):
         p = torch.cuda.get_device_properties(torch.cuda.current_device())
-        if f"sm_{p.major}{p.minor}" == spec.arch:
+        ptx_loads = spec.arch.startswith("compute_") and 10 * p.major + p.minor >= spec.target.sm
+        if f"sm_{p.major}{p.minor}" == spec.arch or ptx_loads:
             from .runtime import get_kernel
 
             return get_kernel(spec, "cuda").attributes()
-    return {"note": f"register counts of {spec.arch} cubins come from the driver: run on a {spec.arch} GPU"}
+    return {"note": f"register counts of {spec.arch} kernels come from the driver: run on a GPU that loads them"}
 
 
 def _table(rows: list[dict]) -> None:
