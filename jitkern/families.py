@@ -108,8 +108,9 @@ def _gemv_consts(spec) -> dict:
         # layers get x already in layout order (x_gather) rather than gathering it in every block.
         mma = spec.target.sm >= 80
         unroll = 2 if spec.bits in (3, 8) else 4
+        pdl = _dependent_launch(spec, mma)
         return {"threads": 512, "msplit": 1, "mpl": spec.m, "occupancy": 1, "mma": mma, "gathers_x": not mma,
-                "unroll": unroll, "pdl": _dependent_launch(spec, mma), "trigger_early": _dependent_launch(spec, mma)}
+                "unroll": unroll, "pdl": pdl, "trigger_early": pdl}
     # gfx906: lanes sharing one 128-bit weight load (same address, one request) split the M rows so
     # that a lane stays within 64 VGPRs (4 waves per SIMD) without scratch: at most 2 rows a lane for
     # plain int4, one row a lane where decoding needs more registers (8-bit words come in pairs; the
