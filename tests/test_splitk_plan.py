@@ -1,17 +1,18 @@
-"""Launch planning of the tensor-core GEMV (jitkern/ops/splitk.py), on the CPU with a stand-in kernel."""
+"""Launch planning of the tensor-core GEMVs (GPTQ: jitkern/ops/splitk.py; GGUF: ops/gguf.py mma_warps),
+on the CPU with a stand-in kernel."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from jitkern.ops import splitk
+from jitkern.ops import gguf, splitk
 
 
 class FakeKernel:
     """What plan() reads of a loaded kernel: its consts and how many blocks an SM keeps resident."""
 
-    def __init__(self, registers: int, threads: int = 512, unroll: int = 4):
-        self.consts = {"threads": threads, "unroll": unroll}
+    def __init__(self, registers: int, threads: int = 512, unroll: int = 4, **consts):
+        self.consts = {"threads": threads, "unroll": unroll, "max_threads": threads, **consts}
         self.registers = registers
 
     def resident_blocks(self, threads: int) -> int:
@@ -22,6 +23,7 @@ class FakeKernel:
 def h100(monkeypatch):
     monkeypatch.setattr(splitk, "multiprocessors", lambda device: 132)
     monkeypatch.setattr(splitk, "_plans", {})
+    monkeypatch.setattr(gguf, "_warps", {})
 
 
 @pytest.mark.parametrize("tiles,units,expect", [
@@ -38,6 +40,26 @@ def test_plan(h100, tiles, units, expect):
     assert got == expect
     threads, splits = got
     assert (threads // 32) * splits * 4 <= max(units, 4 * 4), "every warp streams at least one step"
+
+
+def test_min_fill_takes_the_next_block_size_for_a_thin_wave(h100):
+    thin = FakeKernel(registers=116)
+    thin.consts["min_fill"] = 2 / 3
+    assert splitk.plan(thin, 320, 256, torch.device("cpu")) == (256, 1)   # 320 of 528 slots: 61%
+    assert splitk.plan(thin, 192, 128, torch.device("cpu")) == (256, 1)   # 192 of 264: 73%, kept
+    assert splitk.plan(thin, 128, 128, torch.device("cpu")) == (512, 1)   # already the largest
+
+
+@pytest.mark.parametrize("blocks,pipelined,expect", [
+    (1792, False, 4),     # 70B gate_up, 32-row blocks: one wave needs 1-warp blocks; a lone warp is too slow
+    (1792, True, 1),      # ... unless it keeps two steps in flight
+    (3584, False, 16),    # no block size gives one wave: the largest
+    (448, False, 4),      # 4-warp blocks fit in one wave
+    (100, False, 16),
+])
+def test_gguf_mma_warps(h100, blocks, pipelined, expect):
+    kernel = FakeKernel(registers=128, threads=512, pipelined=pipelined)
+    assert gguf.mma_warps(kernel, blocks, torch.device("cpu")) == expect
 
 
 def test_workspace_grows_and_keeps_old_buffers(monkeypatch):

@@ -183,10 +183,20 @@ def gemv(x: torch.Tensor, layout: GGUFLayout, bias: Optional[torch.Tensor] = Non
 _warps: dict = {}
 
 
+# A warp of a build with one step in flight walks its part of K one memory round trip a step: alone
+# in its block it is latency-bound.  Where one wave needs 1-warp blocks, such builds take this many
+# (several waves).  H200, same run: 70B gate_up Q4_K M=8 125.8 -> 106.3 us; 8B gate_up M=1 Q4_0
+# 26.5 -> 21.6, Q4_K 29.1 -> 27.0, Q4_1 26.0 -> 25.5, at M=8 Q4_1 32.0 -> 31.5, Q4_0 30.0 -> 30.7.
+# The pipelined Q8_0 build (two steps in flight) measured slower with it (M=1 32.8 -> 34.5); the
+# other one-step types follow Q4_K / Q4_0 unmeasured.
+MIN_WARPS_ONE_STEP = 4
+
+
 def mma_warps(kernel, blocks: int, device) -> int:
     """Warps splitting K in a block of the tensor-core GEMV: as many as keep all blocks resident in one
-    wave (N = 6144 in 8-warp blocks would need 1.5 waves, the last one half empty); where even 1-warp
-    blocks need several waves, the most a block takes (many waves, small tail)."""
+    wave (N = 6144 in 8-warp blocks would need 1.5 waves, the last one half empty), but not a lone
+    warp with one step in flight (MIN_WARPS_ONE_STEP); where even 1-warp blocks need several waves,
+    the most a block takes (many waves, small tail)."""
     key = (id(kernel), blocks)
     found = _warps.get(key)
     if found is None:
@@ -196,6 +206,8 @@ def mma_warps(kernel, blocks: int, device) -> int:
             found //= 2
         if blocks > sms * kernel.resident_blocks(32 * found):
             found = most
+        elif found == 1 and not kernel.consts.get("pipelined"):
+            found = min(MIN_WARPS_ONE_STEP, most)
         _warps[key] = found
     return found
 
