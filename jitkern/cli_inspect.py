@@ -2,7 +2,8 @@
 
 AMD numbers come from the code object itself (the NT_AMDGPU_METADATA note; instruction counts from
 llvm-objdump when installed), so any AMD target can be inspected on any machine.  NVIDIA cubins are
-described by the driver, which needs a GPU of that arch.
+described by the driver where a GPU loads them, and otherwise by ptxas (the same source and options
+compiled again with -v); PTX targets (compute_XX) need a GPU, as the driver compiles them.
 """
 from __future__ import annotations
 
@@ -66,11 +67,11 @@ def report(spec, objdump: bool = True) -> dict:
             except FileNotFoundError as e:
                 row["note"] = str(e)
         return row
-    row.update(_nvidia(spec))
+    row.update(_nvidia(spec, entry))
     return row
 
 
-def _nvidia(spec) -> dict:
+def _nvidia(spec, entry) -> dict:
     import torch
 
     if torch.cuda.is_available() and not getattr(torch.version, "hip", None):
@@ -80,24 +81,34 @@ def _nvidia(spec) -> dict:
             from .runtime import get_kernel
 
             return get_kernel(spec, "cuda").attributes()
-    return {"note": f"register counts of {spec.arch} kernels come from the driver: run on a GPU that loads them"}
+    if spec.arch.startswith("compute_"):
+        return {"note": f"{spec.arch} is PTX, which the driver compiles: run on a GPU that loads it"}
+    from .compiler import nvrtc
+    from .inspect import ptxas_report
+
+    log: list = []
+    nvrtc.compile(entry.source, spec.arch, list(entry.options) + ["--ptxas-options=-v"], log=log)
+    return {**ptxas_report(log[0]), "note": "from ptxas -v (no GPU of this arch here)"}
 
 
 def _table(rows: list[dict]) -> None:
     width = max(len(r["uri"]) for r in rows)
     if any("vgprs" in r for r in rows):
         print(f"{'kernel':<{width}}  " + "  ".join(f"{h:>10}" for _, h in COLUMNS))
+    notes = set()
     for r in rows:
         if "vgprs" not in r:
             extra = "  ".join(f"{k}={v}" for k, v in r.items() if k not in ("uri", "arch", "note"))
             print(f"{r['uri']:<{width}}  {extra or r.get('note', '')}")
+            if extra and "note" in r:
+                notes.add(r["note"])
             continue
         print(f"{r['uri']:<{width}}  " + "  ".join(f"{r[k]:>10}" for k, _ in COLUMNS))
         counts = r.get("instructions")
         if counts:
             print(" " * (width + 2) + "  ".join(f"{k}={v}" for k, v in counts.items() if v))
-    notes = {r["note"] for r in rows if "note" in r and "vgprs" in r}
-    for note in notes:
+    notes |= {r["note"] for r in rows if "note" in r and "vgprs" in r}
+    for note in sorted(notes):
         print(f"note: {note}")
 
 

@@ -4,7 +4,8 @@ AMD code objects are ELF files whose ``NT_AMDGPU_METADATA`` note (type 32, owner
 msgpack map with one entry per kernel (``.vgpr_count``, ``.sgpr_count``, ``.private_segment_fixed_size``
 = scratch, ``.group_segment_fixed_size`` = LDS, ``.wavefront_size``); the target triple is in
 ``amdhsa.target``.  Disassembly (instruction counts) uses ``llvm-objdump`` when one is installed.
-NVIDIA cubins are described by the driver (``Kernel.attributes``) on a machine with the GPU.
+NVIDIA cubins are described by the driver (``Kernel.attributes``) on a machine with the GPU, and
+anywhere else by ptxas's own report (``ptxas_report``: the kernel compiled again with -v).
 """
 from __future__ import annotations
 
@@ -22,6 +23,21 @@ NT_AMDGPU_METADATA = 32
 KEY_INSTRUCTIONS = ("v_dot2_f32_f16", "v_dot4_i32_i8", "v_dot8_i32_i4", "global_load_dwordx4",
                     "global_load_dwordx2", "global_load_dword", "buffer_load_dwordx4", "ds_read_b128",
                     "ds_bpermute_b32", "ds_swizzle_b32", "v_perm_b32", "scratch_", "global_atomic")
+
+
+# ptxas -v: "Used 117 registers, used 1 barriers, 2049 bytes smem" and
+# "0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads".
+PTXAS_FIELDS = {"registers": r"Used (\d+) registers", "shared_bytes": r"(\d+) bytes smem",
+                "stack_bytes": r"(\d+) bytes stack frame", "spill_bytes": r"(\d+) bytes spill stores"}
+
+
+def ptxas_report(log: str) -> dict:
+    """Registers, static shared memory, stack and spill bytes from ptxas's -v messages (0 where it
+    names none, as ptxas omits smem for kernels without any)."""
+    if not re.search(PTXAS_FIELDS["registers"], log):
+        raise ValueError(f"no ptxas resource report in the compiler log: {log[:200]!r}")
+    found = {name: re.search(pattern, log) for name, pattern in PTXAS_FIELDS.items()}
+    return {name: int(m.group(1)) if m else 0 for name, m in found.items()}
 
 
 def amdgpu_metadata(code_object: bytes) -> dict:

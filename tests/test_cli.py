@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import requires_hiprtc
+from tests.conftest import requires_hiprtc, requires_nvrtc
 
 ROOT = Path(__file__).resolve().parents[1]
 ARCH = "gfx906"
@@ -79,6 +79,33 @@ def test_warmup_cold_then_warm_then_no_compile(fresh_cache, monkeypatch):
     assert cache.stats.compiles == compiles
     with pytest.raises(cache.CacheMissError):
         cache.get(gptq.kernel_specs(3, 128, True, False, ARCH, 1)[0])
+
+
+@requires_nvrtc
+def test_inspect_nvidia_without_its_gpu_reads_ptxas(fresh_cache):
+    """No GPU here loads an sm_80 cubin (an H100 does not either): registers come from ptxas -v."""
+    rows = json.loads(ok("inspect", "--spec", "gptq_gemv", "bits=4", "group=128", "m=2", "sym=true",
+                         "--arch", "sm_80", "--json"))
+    (row,) = rows
+    assert "ptxas" in row["note"]
+    assert 32 <= row["registers"] <= 255 and row["spill_bytes"] == 0 and row["stack_bytes"] == 0
+    assert row["shared_bytes"] >= 16 * 2 * 32 * 4        # partial[16 warps][M = 2][32] floats
+    portable = json.loads(ok("inspect", "--spec", "gptq_gemv", "bits=4", "group=128", "--arch", "compute_75",
+                             "--json"))
+    if "registers" not in portable[0]:                  # no GPU: PTX waits for the driver
+        assert "driver" in portable[0]["note"]
+
+
+def test_ptxas_report_parses_its_log():
+    from jitkern.inspect import ptxas_report
+
+    log = ("ptxas info    : Compiling entry function 'jk_x' for 'sm_90'\n"
+           "ptxas info    : Function properties for jk_x\n"
+           "    8 bytes stack frame, 4 bytes spill stores, 4 bytes spill loads\n"
+           "ptxas info    : Used 96 registers, used 1 barriers\n")
+    assert ptxas_report(log) == {"registers": 96, "shared_bytes": 0, "stack_bytes": 8, "spill_bytes": 4}
+    with pytest.raises(ValueError, match="no ptxas resource report"):
+        ptxas_report("ptxas fatal   : something else")
 
 
 @requires_hiprtc
