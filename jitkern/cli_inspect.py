@@ -67,11 +67,11 @@ def report(spec, objdump: bool = True) -> dict:
             except FileNotFoundError as e:
                 row["note"] = str(e)
         return row
-    row.update(_nvidia(spec, entry))
+    row.update(_nvidia(spec))
     return row
 
 
-def _nvidia(spec, entry) -> dict:
+def _nvidia(spec) -> dict:
     import torch
 
     if torch.cuda.is_available() and not getattr(torch.version, "hip", None):
@@ -83,12 +83,9 @@ def _nvidia(spec, entry) -> dict:
             return get_kernel(spec, "cuda").attributes()
     if spec.arch.startswith("compute_"):
         return {"note": f"{spec.arch} is PTX, which the driver compiles: run on a GPU that loads it"}
-    from .compiler import nvrtc
-    from .inspect import ptxas_report
+    from .inspect import nvidia_resources
 
-    log: list = []
-    nvrtc.compile(entry.source, spec.arch, list(entry.options) + ["--ptxas-options=-v"], log=log)
-    return {**ptxas_report(log[0]), "note": "from ptxas -v (no GPU of this arch here)"}
+    return {**nvidia_resources(spec), "note": "from ptxas -v (no GPU of this arch here)"}
 
 
 def _table(rows: list[dict]) -> None:

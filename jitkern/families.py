@@ -105,27 +105,29 @@ def _dependent_launch(spec, waits: bool) -> bool:
 
 def _gemv_consts(spec) -> dict:
     if spec.target.vendor == "nvidia":
-        # sm_80+: tensor-core MMAs (the op picks 128..512 threads a block).  Older: one lane keeps all
-        # M rows in fp32 FMAs, and 512 threads a block give small-N layers enough loads in flight.
+        # sm_80+: tensor-core MMAs (the op picks 128..512 threads a block).
         # A tensor-core step is `unroll` 32-row units: 2 where an octet takes two words (3- and 8-bit;
         # 3-bit steps of 4 spilled 48-144 bytes past 128 registers on sm_90), else 4.  Act-order
         # layers get x already in layout order (x_gather) rather than gathering it in every block.
-        mma = spec.target.sm >= 80
-        unroll = 2 if spec.bits in (3, 8) else 4
-        pdl = _dependent_launch(spec, mma)
-        return {"threads": 512, "msplit": 1, "mpl": spec.m, "occupancy": 1, "mma": mma, "gathers_x": not mma,
-                "unroll": unroll, "pdl": pdl, "trigger_early": pdl,
-                "min_fill": 2 / 3 if pdl and spec.bits == 4 else 0}
-    # gfx906: lanes sharing one 128-bit weight load (same address, one request) split the M rows so
-    # that a lane stays within 64 VGPRs (4 waves per SIMD) without scratch: at most 2 rows a lane for
-    # plain int4, one row a lane where decoding needs more registers (8-bit words come in pairs; the
-    # act-order gather holds its indices).  A power of two, so slots tile a wave exactly.
+        if spec.target.sm >= 80:
+            unroll = 2 if spec.bits in (3, 8) else 4
+            pdl = _dependent_launch(spec, True)
+            return {"threads": 512, "msplit": 1, "mpl": spec.m, "occupancy": 1, "mma": True, "gathers_x": False,
+                    "unroll": unroll, "pdl": pdl, "trigger_early": pdl,
+                    "min_fill": 2 / 3 if pdl and spec.bits == 4 else 0}
+    # CUDA-core builds (gfx906; NVIDIA before sm_80): lanes sharing one 128-bit weight load (same
+    # address, one request) split the M rows so that a lane stays within 64 VGPRs on gfx906 (4 waves
+    # per SIMD) without scratch, and within 128 registers on NVIDIA (one lane keeping all 8 rows
+    # spilled 196 bytes on sm_75): at most 2 rows a lane for plain int4, one row a lane where decoding
+    # needs more registers (8-bit words come in pairs; the act-order gather holds its indices).  A
+    # power of two, and at most a wave's lanes (wave32: 4 lanes a load), so slots tile a wave exactly.
+    # NVIDIA keeps 512 threads a block: small-N layers need the loads in flight.
     rows_per_lane = 1 if spec.bits == 8 or spec.opts.get("act_order") else 2
     msplit = 1
-    while msplit * rows_per_lane < spec.m:
+    while msplit * rows_per_lane < spec.m and 16 * msplit <= spec.wave:
         msplit *= 2
-    return {"threads": 256, "msplit": msplit, "mpl": (spec.m + msplit - 1) // msplit, "occupancy": 4, "mma": False,
-            "gathers_x": True}
+    return {"threads": 512 if spec.target.vendor == "nvidia" else 256, "msplit": msplit,
+            "mpl": (spec.m + msplit - 1) // msplit, "occupancy": 4, "mma": False, "gathers_x": True}
 
 
 # Activation columns gathered through an act-order permutation, for GEMVs that read x in layout order.

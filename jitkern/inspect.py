@@ -40,6 +40,17 @@ def ptxas_report(log: str) -> dict:
     return {name: int(m.group(1)) if m else 0 for name, m in found.items()}
 
 
+def nvidia_resources(spec) -> dict:
+    """ptxas_report of an NVIDIA cubin spec: its cached source and options compiled again with -v."""
+    from . import cache
+    from .compiler import nvrtc
+
+    entry = cache.get(spec)
+    log: list = []
+    nvrtc.compile(entry.source, spec.arch, list(entry.options) + ["--ptxas-options=-v"], log=log)
+    return ptxas_report(log[0])
+
+
 def amdgpu_metadata(code_object: bytes) -> dict:
     """The decoded NT_AMDGPU_METADATA map of an AMD code object."""
     elf = ELFFile(io.BytesIO(code_object))

@@ -35,6 +35,24 @@ def test_virtual_nvidia_target_parses_and_picks_the_cuda_core_builds():
         parse("compute_x")
 
 
+@pytest.mark.parametrize("arch", ["gfx906", "gfx1030", PORTABLE])
+def test_cuda_core_gptq_slots_tile_a_wave(arch):
+    """Lanes sharing a weight load (msplit) split the M rows; a slot of 8 * msplit lanes must fit in a
+    wave (wave32 RDNA once got 64-lane slots at M > 4).  On compute_75 the selftest's M = 4 and 8 cases
+    so run the shared-load reduction gfx906 uses."""
+    family = get_family("gptq_gemv")
+    for bits in (2, 3, 4, 8):
+        for act_order in (False, True):
+            for m in range(1, 9):
+                spec = KernelSpec("gptq_gemv", "gptq", bits=bits, group=128, m=m, arch=arch,
+                                  options={"sym": False, "act_order": act_order})
+                c = family.consts(spec)
+                assert 8 * c["msplit"] <= spec.wave and c["msplit"] * c["mpl"] >= m, (spec.uri, c)
+                assert c["mpl"] <= 2 and c["threads"] % spec.wave == 0, (spec.uri, c)
+    spec = KernelSpec("gptq_gemv", "gptq", bits=4, group=128, m=8, arch=arch, options={"sym": True})
+    assert family.consts(spec)["msplit"] == 4
+
+
 @requires_nvrtc
 def test_virtual_target_compiles_to_loadable_ptx(fresh_cache):
     entry = cache.get(KernelSpec("gguf_gemv", "q4_k", m=8, arch=PORTABLE))
