@@ -36,6 +36,21 @@ def test_dequant_exact(qtype, seed):
     assert torch.equal(part.cpu(), ref[7:16])
 
 
+@pytest.mark.parametrize("m", [1, 8, 19])
+def test_layer_takes_an_activation_view_off_a_16_byte_boundary(seed, m):
+    from jitkern.nn_gguf import GGUFLinear
+
+    g = torch.Generator().manual_seed(seed)
+    raw, _, ref = _weights("Q4_K", 64, 2 * 256, g)
+    layer = GGUFLinear.from_raw(raw, "Q4_K", shape=(64, 2 * 256)).cuda()
+    flat = torch.randn(m * 512 + 3, generator=g).half().cuda()
+    x = flat[3:].view(m, 512)
+    assert x.is_contiguous() and x.data_ptr() % 16 == 6
+    out = layer(x)
+    torch.cuda.synchronize()
+    assert rel_err(out, x.cpu().double() @ ref.double().t()) < 2e-3
+
+
 @pytest.mark.parametrize("qtype", TYPES)
 def test_gemv_and_gemm(qtype, seed):
     g = torch.Generator().manual_seed(seed)

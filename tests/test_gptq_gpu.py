@@ -42,6 +42,24 @@ def test_gemv_and_prefill_match_float64(seed, bits, group, sym, act_order, fmt):
         assert err < 1e-3, f"bits={bits} group={group} sym={sym} act_order={act_order} m={m} err={err} seed={seed}"
 
 
+@pytest.mark.parametrize("m", [1, 8, 37])
+def test_activation_view_off_a_16_byte_boundary(seed, m):
+    """x one element into its storage: the kernels load x 16 bytes at a time, so quant_linear copies
+    it, and the op itself refuses it before any launch (a misaligned load would kill the context)."""
+    from jitkern import quant_linear
+
+    layout, ref_w = make(seed, 4, 128, True, False, "gptq")
+    k = ref_w.shape[1]
+    flat = torch.randn(m * k + 1, generator=torch.Generator().manual_seed(seed)).half().to(DEV)
+    x = flat[1:].view(m, k)
+    assert x.is_contiguous() and x.data_ptr() % 16 == 2
+    out = quant_linear(x, layout)
+    torch.cuda.synchronize()
+    assert rel_err(out, x.cpu().double() @ ref_w.T) < 1e-3
+    with pytest.raises(ValueError, match="16-byte aligned"):
+        ops.linear(x, layout)
+
+
 @pytest.mark.parametrize("m", [1, 3, 8])
 def test_act_order_gather_is_exact(seed, m):
     """The act-order gather (NVIDIA GEMVs read x in layout row order) moves every value bit for bit,
