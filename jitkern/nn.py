@@ -5,7 +5,7 @@ from typing import Optional
 
 import torch
 
-from .formats.checks import expect, expect_tensor
+from .formats.checks import expect, expect_tensor, vector_rows
 from .formats.layout import IntLayout
 
 ACT_DTYPES = (torch.float16, torch.bfloat16)
@@ -24,7 +24,7 @@ def activation_rows(x: torch.Tensor, k_in: int) -> torch.Tensor:
     """x as [rows, k_in], copied unless its rows are contiguous and start 16-byte aligned (a view at
     an odd storage offset does not): the kernels load activations 16 bytes at a time."""
     x2d = x.reshape(-1, k_in)
-    if x2d.device.type == "cpu" or (x2d.stride(1) == 1 and x2d.stride(0) % 8 == 0 and x2d.data_ptr() % 16 == 0):
+    if x2d.device.type == "cpu" or vector_rows(x2d):
         return x2d
     return x2d.clone(memory_format=torch.contiguous_format)
 

@@ -34,6 +34,12 @@ def expect_choice(name: str, value, choices: Iterable) -> None:
         fail(name, f"one of {choices}", repr(value))
 
 
+def vector_rows(t: torch.Tensor) -> bool:
+    """fp16/bf16 rows the kernels can load 16 bytes at a time: contiguous within a row, every row
+    starting 16-byte aligned."""
+    return t.stride(-1) == 1 and t.stride(0) % 8 == 0 and t.data_ptr() % 16 == 0
+
+
 def _same_device(actual: torch.device, wanted: torch.device) -> bool:
     # "cuda" (no index) matches any cuda device; an explicit index must match exactly
     return actual.type == wanted.type and (wanted.index is None or actual.index == wanted.index)

@@ -29,7 +29,7 @@ from .. import env
 from . import blas, gguf_gemm, splitk
 from ..arch import resolve
 from ..families import GGUF_GEMM_TOKENS, get_family
-from ..formats.checks import expect, expect_tensor
+from ..formats.checks import expect, expect_tensor, vector_rows
 from ..formats.gguf import GGUFLayout, dequantize_layout, gguf_type
 from ..runtime import get_kernel
 from ..spec import KernelSpec
@@ -127,8 +127,7 @@ def check_layout(layout: GGUFLayout, x: Optional[torch.Tensor] = None, bias=None
     if x is not None:
         expect_tensor("x", x, dtype=torch.float16, ndim=2, device=layout.qs)
         expect(x.shape[1] == layout.k, "x", f"{layout.k} columns", tuple(x.shape))
-        expect(x.stride(1) == 1 and x.stride(0) % 8 == 0 and x.data_ptr() % 16 == 0, "x",
-               "rows of contiguous, 16-byte aligned fp16", f"strides {x.stride()}")
+        expect(vector_rows(x), "x", "rows of contiguous, 16-byte aligned fp16", f"strides {x.stride()}")
     if bias is not None:
         expect_tensor("bias", bias, dtype=torch.float16, shape=(layout.n,), device=layout.qs)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from .. import env
-from ..formats.checks import expect, expect_tensor
+from ..formats.checks import expect, expect_tensor, vector_rows
 from ..formats.layout import TILE_N, IntLayout
 from ..runtime import get_kernel
 from . import blas, int_gemm_triton, splitk, waves, xpack
@@ -264,8 +264,8 @@ def linear(x: torch.Tensor, layout: IntLayout, bias: torch.Tensor | None = None)
     bytes at a time; `jitkern.quant_linear` copies a view that does not)."""
     expect_tensor("x", x, dtype=torch.float16, ndim=2, device=layout.qweight)
     expect(x.shape[1] == layout.k_in, "x", f"{layout.k_in} columns (in_features)", tuple(x.shape))
-    expect(x.stride(1) == 1 and x.stride(0) % 8 == 0 and x.data_ptr() % 16 == 0, "x",
-           "rows of contiguous, 16-byte aligned fp16", f"strides {x.stride()}, address {x.data_ptr():#x}")
+    expect(vector_rows(x), "x", "rows of contiguous, 16-byte aligned fp16",
+           f"strides {x.stride()}, address {x.data_ptr():#x}")
     if x.shape[0] == 0:
         return x.new_empty(0, layout.n, dtype=torch.float16)
     if x.shape[0] <= min(env.gemv_max_m(), MAX_GEMV_M):
