@@ -156,10 +156,15 @@ def get(spec: KernelSpec) -> Entry:
         return hit
 
 
+def build_inputs(spec: KernelSpec) -> tuple[str, list[str]]:
+    """The source and compiler options the cache builds a spec from."""
+    compiler = for_vendor(spec.target.vendor)
+    return render(spec), compiler.default_options(spec.arch + get_family(spec.family).arch_suffix)
+
+
 def _load_or_build(spec: KernelSpec) -> Entry:
     compiler = for_vendor(spec.target.vendor)
-    source = render(spec)
-    options = compiler.default_options(spec.arch + get_family(spec.family).arch_suffix)
+    source, options = build_inputs(spec)
     fingerprint = compiler.fingerprint()
     key = entry_key(source, options, spec.arch, fingerprint)
     bin_path, meta_path, lock_path = _paths(spec, key)

@@ -2,8 +2,8 @@
 
 AMD numbers come from the code object itself (the NT_AMDGPU_METADATA note; instruction counts from
 llvm-objdump when installed), so any AMD target can be inspected on any machine.  NVIDIA cubins are
-described by the driver where a GPU loads them, and otherwise by ptxas (the same source and options
-compiled again with -v); PTX targets (compute_XX) need a GPU, as the driver compiles them.
+described by the driver where a GPU loads them, and otherwise by ptxas (the cache's source and
+options compiled with -v); PTX targets (compute_XX) need a GPU, as the driver compiles them.
 """
 from __future__ import annotations
 
@@ -55,10 +55,10 @@ def report(spec, objdump: bool = True) -> dict:
     from . import cache
 
     row = {"uri": spec.uri, "arch": spec.arch}
-    entry = cache.get(spec)
     if spec.target.vendor == "amd":
         from .inspect import amd_kernel_report, instruction_counts
 
+        entry = cache.get(spec)
         row.update(amd_kernel_report(entry.binary))
         row["instructions"] = None
         if objdump:

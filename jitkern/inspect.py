@@ -5,7 +5,7 @@ msgpack map with one entry per kernel (``.vgpr_count``, ``.sgpr_count``, ``.priv
 = scratch, ``.group_segment_fixed_size`` = LDS, ``.wavefront_size``); the target triple is in
 ``amdhsa.target``.  Disassembly (instruction counts) uses ``llvm-objdump`` when one is installed.
 NVIDIA cubins are described by the driver (``Kernel.attributes``) on a machine with the GPU, and
-anywhere else by ptxas's own report (``ptxas_report``: the kernel compiled again with -v).
+anywhere else by ptxas's own report (``ptxas_report``: the kernel compiled with -v).
 """
 from __future__ import annotations
 
@@ -41,13 +41,13 @@ def ptxas_report(log: str) -> dict:
 
 
 def nvidia_resources(spec) -> dict:
-    """ptxas_report of an NVIDIA cubin spec: its cached source and options compiled again with -v."""
+    """ptxas_report of an NVIDIA cubin spec: the cache's source and options compiled with -v."""
     from . import cache
     from .compiler import nvrtc
 
-    entry = cache.get(spec)
+    source, options = cache.build_inputs(spec)
     log: list = []
-    nvrtc.compile(entry.source, spec.arch, list(entry.options) + ["--ptxas-options=-v"], log=log)
+    nvrtc.compile(source, spec.arch, options + ["--ptxas-options=-v"], log=log)
     return ptxas_report(log[0])
 
 

@@ -47,7 +47,7 @@ SPECS = [*_gptq_specs(), *_gguf_specs(), *_dense_specs()]
 
 @requires_nvrtc
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.uri)
-def test_gemv_has_no_spills(fresh_cache, spec):
+def test_gemv_has_no_spills(spec):
     r = nvidia_resources(spec)
     allowed = 16 if spec.target.sm < 80 else 0
     assert r["spill_bytes"] <= allowed and r["stack_bytes"] <= allowed, (spec.uri, r)
