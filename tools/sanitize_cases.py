@@ -295,11 +295,13 @@ def run_gguf(c: Case, dev: str, g: torch.Generator, failures: list) -> None:
     finally:
         del os.environ["JITKERN_WORKSPACE_MB"]
     _check(out, x.double() @ ref_w.t(), x, ref_w, f"{c.name} prefill in strips", failures)
+    from jitkern.families import GGUF_GEMM_TOKENS
     from jitkern.ops import gguf_gemm
 
     found = ops.prepare(lay)
-    if ("gemm", 256) in found and gguf_gemm.takes_k(p["qtype"], p["k"]) and p["n"] % 2 == 0:   # the Hopper wgmma GEMM
-        for tokens in (256, 128):
+    hopper = ("gemm", GGUF_GEMM_TOKENS[0]) in found                  # the Hopper wgmma GEMM
+    if hopper and gguf_gemm.takes_k(p["qtype"], p["k"]) and p["n"] % 2 == 0:
+        for tokens in GGUF_GEMM_TOKENS:
             out = gguf_gemm.gemm(found, x.to(dev), lay, tokens=tokens)
             _check(out, x.double() @ ref_w.t(), x, ref_w, f"{c.name} wgmma prefill, {tokens}-token tiles", failures)
 
