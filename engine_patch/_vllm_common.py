@@ -9,8 +9,6 @@ import sys
 
 import torch
 
-from jitkern.nn import activation_rows
-
 log = logging.getLogger("jitkern.vllm")
 MARKER_ENV = "JITKERN_VLLM_MARKER_DIR"      # tests: each process that runs a jitkern forward writes here
 _once: set[str] = set()
@@ -53,7 +51,7 @@ def log_bf16() -> None:
 def fp16_input(x: torch.Tensor, k: int) -> torch.Tensor:
     """x [..., K] as the 2-D input of an fp16-only GPU op (bf16 is computed as fp16, logged once);
     CPU tensors keep their dtype (the reference path computes in float32)."""
-    x2d = activation_rows(x, k)
+    x2d = x.reshape(-1, k)                  # the op copies rows its kernels cannot load
     if x.dtype == torch.bfloat16:
         log_bf16()
         if x.device.type != "cpu":

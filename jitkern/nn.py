@@ -5,7 +5,7 @@ from typing import Optional
 
 import torch
 
-from .formats.checks import expect, expect_tensor, vector_rows
+from .formats.checks import expect, expect_tensor
 from .formats.layout import IntLayout
 
 ACT_DTYPES = (torch.float16, torch.bfloat16)
@@ -20,15 +20,6 @@ def check_activation(x: torch.Tensor, k_in: int, device: torch.device, name: str
     expect(x.is_contiguous(), name, "a contiguous tensor", f"strides {x.stride()}")
 
 
-def activation_rows(x: torch.Tensor, k_in: int) -> torch.Tensor:
-    """x as [rows, k_in], copied unless its rows are contiguous and start 16-byte aligned (a view at
-    an odd storage offset does not): the kernels load activations 16 bytes at a time."""
-    x2d = x.reshape(-1, k_in)
-    if x2d.device.type == "cpu" or vector_rows(x2d):
-        return x2d
-    return x2d.clone(memory_format=torch.contiguous_format)
-
-
 def quant_linear(x: torch.Tensor, layout: IntLayout, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Functional form: y = x @ W.T (+ bias) for x [..., in_features] in fp16 or bf16.
 
@@ -41,7 +32,7 @@ def quant_linear(x: torch.Tensor, layout: IntLayout, bias: Optional[torch.Tensor
     check_activation(x, layout.k_in, device)
     if bias is not None:
         expect_tensor("bias", bias, dtype=torch.float16, shape=(layout.n,), device=device)
-    x2d = activation_rows(x, layout.k_in)
+    x2d = x.reshape(-1, layout.k_in)      # the op copies rows its kernels cannot load (checks.loadable_rows)
     y = gptq_linear(x2d if x.dtype == torch.float16 or device.type == "cpu" else x2d.half(), layout, bias)
     return y.to(x.dtype).reshape(*x.shape[:-1], layout.n)
 

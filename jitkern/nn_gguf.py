@@ -8,7 +8,7 @@ import torch
 
 from .formats.checks import expect, expect_tensor
 from .formats.gguf import GGUFLayout, TYPES, load_gguf_linear_tensors, to_layout
-from .nn import activation_rows, check_activation
+from .nn import check_activation
 
 
 class GGUFLinear(torch.nn.Module):
@@ -66,7 +66,7 @@ class GGUFLinear(torch.nn.Module):
 
         device = self.layout.qs.device
         check_activation(x, self.in_features, device, name=f"{self.name}: x")
-        x2d = activation_rows(x, self.in_features)
+        x2d = x.reshape(-1, self.in_features)     # the op copies rows its kernels cannot load
         if device.type != "cpu" and x.dtype != torch.float16:
             x2d = x2d.half()
         y = gguf_linear(x2d, self.layout, self.bias)

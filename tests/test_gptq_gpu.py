@@ -44,8 +44,8 @@ def test_gemv_and_prefill_match_float64(seed, bits, group, sym, act_order, fmt):
 
 @pytest.mark.parametrize("m", [1, 8, 37])
 def test_activation_view_off_a_16_byte_boundary(seed, m):
-    """x one element into its storage: the kernels load x 16 bytes at a time, so quant_linear copies
-    it, and the op itself refuses it before any launch (a misaligned load would kill the context)."""
+    """x one element into its storage: the kernels load x 16 bytes at a time, so the jitkern::gptq_linear
+    op copies it, and gptq.linear itself refuses it before any launch (a misaligned load would kill the context)."""
     from jitkern import quant_linear
 
     layout, ref_w = make(seed, 4, 128, True, False, "gptq")

@@ -40,6 +40,13 @@ def vector_rows(t: torch.Tensor) -> bool:
     return t.stride(-1) == 1 and t.stride(0) % 8 == 0 and t.data_ptr() % 16 == 0
 
 
+def loadable_rows(t: torch.Tensor) -> torch.Tensor:
+    """t, or a contiguous copy where its rows are not vector_rows (e.g. a view at an odd storage
+    offset).  Called inside the torch ops, where tensors are real also under torch.compile (tracing
+    cannot read an address)."""
+    return t if vector_rows(t) else t.clone(memory_format=torch.contiguous_format)
+
+
 def _same_device(actual: torch.device, wanted: torch.device) -> bool:
     # "cuda" (no index) matches any cuda device; an explicit index must match exactly
     return actual.type == wanted.type and (wanted.index is None or actual.index == wanted.index)

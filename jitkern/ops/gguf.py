@@ -29,7 +29,7 @@ from .. import env
 from . import blas, gguf_gemm, splitk
 from ..arch import resolve
 from ..families import GGUF_GEMM_TOKENS, get_family
-from ..formats.checks import expect, expect_tensor, vector_rows
+from ..formats.checks import expect, expect_tensor, loadable_rows, vector_rows
 from ..formats.gguf import GGUFLayout, dequantize_layout, gguf_type
 from ..runtime import get_kernel
 from ..spec import KernelSpec
@@ -287,7 +287,7 @@ def gguf_linear_op(x: torch.Tensor, qs: torch.Tensor, hdr: torch.Tensor, bias: O
     layout = GGUFLayout(qtype, n, k, qs, hdr)
     if x.device.type == "cpu":
         return reference_linear(x, layout, bias).to(x.dtype)
-    return linear(x, layout, bias)
+    return linear(loadable_rows(x), layout, bias)
 
 
 @gguf_linear_op.register_fake

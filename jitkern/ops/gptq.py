@@ -261,7 +261,7 @@ def gemm(x: torch.Tensor, layout: IntLayout, bias: torch.Tensor | None = None) -
 def linear(x: torch.Tensor, layout: IntLayout, bias: torch.Tensor | None = None) -> torch.Tensor:
     """Dispatch on rows: GEMV up to JITKERN_GEMV_MAX_M (default 8), dequantize + GEMM above.
     x: fp16 [M, k_in] whose rows are contiguous and start 16-byte aligned (the kernels load it 16
-    bytes at a time; `jitkern.quant_linear` copies a view that does not)."""
+    bytes at a time; the jitkern::gptq_linear op copies a view that does not)."""
     expect_tensor("x", x, dtype=torch.float16, ndim=2, device=layout.qweight)
     expect(x.shape[1] == layout.k_in, "x", f"{layout.k_in} columns (in_features)", tuple(x.shape))
     expect(vector_rows(x), "x", "rows of contiguous, 16-byte aligned fp16",

@@ -6,6 +6,7 @@ from typing import Optional
 
 import torch
 
+from ..formats.checks import loadable_rows
 from ..formats.layout import IntLayout
 from . import gptq
 
@@ -23,7 +24,7 @@ def gptq_linear_op(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
         from ..formats.intpack import layout_linear
 
         return layout_linear(x, layout, bias).to(torch.float16)
-    return gptq.linear(x, layout, bias)
+    return gptq.linear(loadable_rows(x), layout, bias)
 
 
 @gptq_linear_op.register_fake
