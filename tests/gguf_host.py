@@ -35,6 +35,20 @@ JK_DEVICE float __high2float(__half2 h) { return (float)h.y; }
 JK_DEVICE float __half2float(__half h) { return (float)h; }
 JK_DEVICE float __fmul_rn(float a, float b) { return a * b; }
 JK_DEVICE float __fadd_rn(float a, float b) { return a + b; }
+// fp16 ops of the tensor-core decode (jk_group_ac_f16): _Float16 arithmetic rounds the float result,
+// which is exact here (a product of two fp16 values, a difference of two integers below 2048).
+JK_DEVICE __half __low2half(__half2 h) { return h.x; }
+JK_DEVICE __half __high2half(__half2 h) { return h.y; }
+JK_DEVICE __half2 __half2half2(__half h) { return {h, h}; }
+JK_DEVICE __half2 __hneg2(__half2 h) { return {(_Float16)-h.x, (_Float16)-h.y}; }
+JK_DEVICE __half2 __hmul2(__half2 a, __half2 b) { return {(_Float16)((float)a.x * (float)b.x), (_Float16)((float)a.y * (float)b.y)}; }
+JK_DEVICE __half2 __hsub2(__half2 a, __half2 b) { return {(_Float16)((float)a.x - (float)b.x), (_Float16)((float)a.y - (float)b.y)}; }
+JK_DEVICE unsigned __byte_perm(unsigned x, unsigned y, unsigned s) {
+  const unsigned long long b = (unsigned long long)y << 32 | x;
+  unsigned r = 0;
+  for (int i = 0; i < 4; ++i) r |= (unsigned)((b >> (8 * ((s >> (4 * i)) & 7))) & 0xFFu) << (8 * i);
+  return r;
+}
 JK_DEVICE int jk_dot4_i8(int a, int b, int c) {
   for (int j = 0; j < 4; ++j) c += (int)(signed char)(a >> 8 * j) * (int)(signed char)(b >> 8 * j);
   return c;
@@ -65,6 +79,33 @@ template <class F> static void each_group(const unsigned char* qs, const unsigne
     }
   }
 }
+#if JK_UNSIGNED
+// Groups whose fp16 (a, c) from jk_group_ac_f16 differ in any bit from the fp32 (a, c) cast to fp16
+// (both halves); *groups counts the groups compared.
+extern "C" int ac_f16_mismatches(const unsigned char* qs, const unsigned char* hdr, int N, int K, int hr, int* groups) {
+  int bad = 0;
+  *groups = 0;
+  for (int q = 0; q < 16; ++q) lut_[q] = jk_lut_entry(q);
+  const int nb = K / JK_BLOCK;
+  for (int row = 0; row < N; ++row)
+    for (int it = 0; it < nb * JK_SLICES; ++it) {
+      const int b = it / JK_SLICES, t = it %% JK_SLICES;
+      jk_slice s;
+      jk_load_slice(s, qs, (unsigned)(row * nb * JK_QB + b * JK_QB), hdr, (unsigned)(row * hr), nb, b, t);
+      for (int g = 0; g < JK_GROUPS; ++g) {
+        float a, c;
+        __half2 a2, c2;
+        jk_group_ac(s, g, t, a, c);
+        jk_group_ac_f16(s, g, t, a2, c2);
+        const _Float16 want[4] = {(_Float16)a, (_Float16)a, (_Float16)c, (_Float16)c};
+        const _Float16 got[4] = {a2.x, a2.y, c2.x, c2.y};
+        bad += memcmp(want, got, sizeof want) != 0;
+        ++*groups;
+      }
+    }
+  return bad;
+}
+#endif
 extern "C" void dequant(const unsigned char* qs, const unsigned char* hdr, float* out, int N, int K, int hr) {
   for (int row = 0; row < N; ++row)
     each_group(qs, hdr, row, K, hr, [&](int pos, const unsigned (&w)[4], float a, float c) {
@@ -140,6 +181,14 @@ def dequant(layout, unsigned: bool = False) -> torch.Tensor:
     library(layout.qtype.lower(), unsigned).dequant(_p(layout.qs), _p(layout.hdr), _p(out), layout.n,
                                                     layout.k, layout.header_row_bytes)
     return out
+
+
+def ac_f16_mismatches(layout) -> tuple[int, int]:
+    """(groups whose fp16 (a, c) of the tensor-core decode differ from the fp32 ones cast, groups)."""
+    groups = ctypes.c_int()
+    bad = library(layout.qtype.lower(), True).ac_f16_mismatches(
+        _p(layout.qs), _p(layout.hdr), layout.n, layout.k, layout.header_row_bytes, ctypes.byref(groups))
+    return bad, groups.value
 
 
 def quantize(x: torch.Tensor):

@@ -130,6 +130,29 @@ def test_host_decode_exact_and_gemv(qtype, seed):
     assert rel_err(gguf_host.gemv_f16(x, lay), want) < 1e-3
 
 
+@host
+@pytest.mark.parametrize("qtype", list(G.TYPES))
+def test_host_f16_scales_equal_fp32_cast(qtype, seed):
+    """The tensor-core kernels' fp16 (a, c) (products in fp16, no fp32) equal the fp32 (a, c) cast to
+    fp16, bit for bit, for header scales over the whole finite fp16 range: subnormal products,
+    overflow to inf, both signs."""
+    g = torch.Generator().manual_seed(seed)
+    n, k = 32, 4 * 256
+    raw = G.random_blocks(qtype, n, k, generator=g)
+    qt = G.gguf_type(qtype)
+    blocks = raw.view(n, k // qt.block, qt.nbytes)
+    for f in qt.fields:
+        if f.kind.startswith("f16"):
+            bits = torch.randint(0, 1 << 16, blocks[..., f.offset:f.offset + f.size].shape[:-1] + (f.size // 2,),
+                                 generator=g, dtype=torch.int32)
+            bits = torch.where((bits & 0x7C00) == 0x7C00, bits & 0x83FF, bits)     # inf/NaN -> subnormal
+            blocks[..., f.offset:f.offset + f.size] = bits.to(torch.int16).view(torch.uint8).view(
+                blocks[..., f.offset:f.offset + f.size].shape)
+    bad, groups = gguf_host.ac_f16_mismatches(G.to_layout(raw, qtype))
+    assert groups == n * k // 16
+    assert bad == 0
+
+
 # ---------------------------------------------------------------------------------------------
 # bad inputs (CPU): ValueError before any launch
 
