@@ -122,11 +122,11 @@ def impl_gguf(qtype):
         from .formats.gguf import random_blocks, to_layout
         from .ops import gguf
 
-        one = to_layout(random_blocks(qtype, n, k).to(device), qtype)
+        one = to_layout(random_blocks(qtype, n, k, device=device), qtype)
         copies = max(2, ROTATE_BYTES // one.nbytes() + 1)
         # copies share one random matrix's bytes, shifted by a row so each is a distinct buffer
         layouts = [one] + [to_layout(torch.roll(one_raw, 1, 0), qtype) for one_raw in
-                           [random_blocks(qtype, n, k).to(device)] * (copies - 1)]
+                           [random_blocks(qtype, n, k, device=device)] * (copies - 1)]
         gguf.prepare(one)
         return (lambda i, x: gguf.linear(x, layouts[i])), copies, one.nbytes()
     return make

@@ -64,7 +64,8 @@ def main(argv=None) -> int:
         for r in range(a.rounds):
             for side, tree in (("base", a.base.resolve()), ("new", HERE)):
                 runs[side].append(bench(tree, Path(tmp) / f"{side}{r}", args))
-    print("\n".join(compare(runs)))
+            # the report so far, each round (a run cut short by a time limit still says something)
+            print(f"== after round {r + 1} of {a.rounds}", *compare(runs), sep="\n", flush=True)
     return 0
 
 
