@@ -191,6 +191,15 @@ register(Family("dense_gemv", "dense_gemv.hip.j2", fmts=("f16",), ms=tuple(range
 GGUF_FMTS = ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "iq4_nl", "iq4_xs")
 
 
+# Same values either way; measured on an H100 against the fp32 way (2026-11-27, two same-run A/Bs,
+# geomean of fp16 F.linear, M = 1 / 8): Q4_0 0.869 -> 0.891 / 0.772 -> 0.781, Q4_K 0.781 -> 0.796 /
+# 0.746 -> 0.746, Q8_0 1.047 -> 1.051 / 0.969 -> 0.997; slower for Q4_1 (0.854 -> 0.840 at M = 1)
+# and Q6_K (0.950 -> 0.923, 0.839 -> 0.782).  Q5_0, IQ4_NL, Q5_K and Q2_K (98 conversions a GEMV
+# before) follow the measured type of their form, Q5_1, Q3_K and IQ4_XS stay with Q4_1 and Q6_K.
+# The wgmma GEMM keeps the fp32 way (the fp16 one not measured there).
+F16_SCALE_TYPES = ("q4_0", "q5_0", "iq4_nl", "q8_0", "q4_k", "q5_k", "q2_k")
+
+
 def _gguf_consts(spec) -> dict:
     from .formats.gguf_quants import TYPES
 
@@ -220,7 +229,10 @@ def _gguf_consts(spec) -> dict:
     # step of Q5_1, Q2_K, Q4_K, Q6_K takes 52+ of them).  sm_100+ keeps one step until checked.
     # `trigger_early` (sm_90, M = 1): the next kernel may launch once the first weights are requested
     # (the note above _gemv_consts).
-    return {"threads": 256, "block": qt.block, "qb": qt.quant_bytes, "planes": planes, "mma": mma,
+    # `f16_scales`: the tensor-core GEMV computes its fp16 (a, c) in fp16 (gguf_types.h.j2,
+    # jk_group_ac_f16) for the types in F16_SCALE_TYPES, else in fp32 and converts them.
+    return {"f16_scales": mma and spec.fmt in F16_SCALE_TYPES,
+            "threads": 256, "block": qt.block, "qb": qt.quant_bytes, "planes": planes, "mma": mma,
             "token_batch": 2, "tiles": tiles, "max_threads": 256 * tiles, "min_blocks": 3 - tiles,
             "unroll": unroll, "pdl": _dependent_launch(spec, mma), "early": mma and spec.m == 1,
             "pipelined": mma and spec.target.sm < 100 and spec.fmt == "q8_0",
@@ -276,7 +288,7 @@ def _gguf_gemm_consts(spec) -> dict:
     return {"threads": 384, "warpgroups": 2, "rows": rows, "tokens": spec.m, "block": qt.block,
             "qb": qt.quant_bytes, "planes": base["planes"], "per_stage": per_stage, "chunk": chunk,
             "runs": runs, "xk": xk, "stage_bytes": stage, "qslot_bytes": qslot, "chunk_bytes": chunk_bytes,
-            "stages": stages, "slices": slices, "groups": groups, "qcol": qcol,
+            "stages": stages, "slices": slices, "groups": groups, "qcol": qcol, "f16_scales": False,
             "shared": stages * stage + 2 * qslot + 2 * chunk_bytes + 1024 + 256}
 
 

@@ -163,7 +163,8 @@ def available() -> bool:
 def library(fmt: str, unsigned: bool = False):
     """The host build of one type's decode (ctypes CDLL with dequant, gemv and gemv_f16)."""
     consts = _gguf_consts(KernelSpec("gguf_dequant", fmt, arch="sm_90"))
-    body = environment().get_template("gguf_types.h.j2").render(fmt=fmt, **consts)
+    # f16_scales: the host build checks the fp16 scale math of every type, used by the GEMV or not
+    body = environment().get_template("gguf_types.h.j2").render(fmt=fmt, **{**consts, "f16_scales": True})
     src = PRELUDE % {"unsigned": int(unsigned)} + body + DRIVER % consts
     d = Path(tempfile.mkdtemp(prefix="jk-gguf-host-"))
     (d / "k.cpp").write_text(src)
