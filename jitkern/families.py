@@ -191,12 +191,13 @@ register(Family("dense_gemv", "dense_gemv.hip.j2", fmts=("f16",), ms=tuple(range
 GGUF_FMTS = ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "iq4_nl", "iq4_xs")
 
 
-# Same values either way; measured on an H100 against the fp32 way (2026-11-27, two same-run A/Bs,
-# geomean of fp16 F.linear, M = 1 / 8): Q4_0 0.869 -> 0.891 / 0.772 -> 0.781, Q4_K 0.781 -> 0.796 /
-# 0.746 -> 0.746, Q8_0 1.047 -> 1.051 / 0.969 -> 0.997; slower for Q4_1 (0.854 -> 0.840 at M = 1)
-# and Q6_K (0.950 -> 0.923, 0.839 -> 0.782).  Q5_0, IQ4_NL, Q5_K and Q2_K (98 conversions a GEMV
-# before) follow the measured type of their form, Q5_1, Q3_K and IQ4_XS stay with Q4_1 and Q6_K.
-# The wgmma GEMM keeps the fp32 way (the fp16 one not measured there).
+# The GEMVs that compute their fp16 (a, c) in fp16: same values as the fp32 way, fewer conversions.
+# H100, same-run A/B against the fp32 way, geomean of fp16 F.linear, M = 1 / 8 (2026-11-27 14:02Z):
+# Q4_0 0.858 -> 0.881 / 0.762 -> 0.770, Q4_K 0.774 -> 0.787 / 0.736 -> 0.736, Q8_0 1.031 -> 1.038 /
+# 0.957 -> 0.981.  With every type in it (13:46Z, another H100) Q4_1 went 0.854 -> 0.840 at M = 1 and
+# Q6_K 0.950 -> 0.923 / 0.839 -> 0.782.  Q5_0, IQ4_NL, Q5_K and Q2_K (98 conversions a GEMV before)
+# follow the measured type of their form; Q5_1, Q3_K and IQ4_XS stay with Q4_1 and Q6_K.  The wgmma
+# GEMM keeps the fp32 way (the fp16 one not measured there).
 F16_SCALE_TYPES = ("q4_0", "q5_0", "iq4_nl", "q8_0", "q4_k", "q5_k", "q2_k")
 
 
