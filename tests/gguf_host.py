@@ -64,20 +64,26 @@ static int jk_value(const unsigned (&w)[4], const int e) {
   const unsigned b = (w[e >> 2] >> (8 * (e & 3))) & 0xFFu;
   return JK_UNSIGNED ? (int)b - JK_BIAS : (int)(signed char)b;
 }
-// f(pos, w, a, c) for every 16-element group of one row, in the kernels' slice order.
-template <class F> static void each_group(const unsigned char* qs, const unsigned char* hdr, int row, int K, int hr, F f) {
+// f(s, g, t, b): group g of slice t of block b, for every 16-element group of one row, in the kernels'
+// slice order.
+template <class F> static void each_slice_group(const unsigned char* qs, const unsigned char* hdr, int row, int K,
+                                                int hr, F f) {
   for (int q = 0; q < 16; ++q) lut_[q] = jk_lut_entry(q);
   const int nb = K / JK_BLOCK;
   for (int it = 0; it < nb * JK_SLICES; ++it) {
     const int b = it / JK_SLICES, t = it %% JK_SLICES;
     jk_slice s;
     jk_load_slice(s, qs, (unsigned)(row * nb * JK_QB + b * JK_QB), hdr, (unsigned)(row * hr), nb, b, t);
-    for (int g = 0; g < JK_GROUPS; ++g) {
-      unsigned w[4]; float a, c;
-      const int pos = b * JK_BLOCK + jk_group(s, g, t, w, a, c, lut_);
-      f(pos, w, a, c);
-    }
+    for (int g = 0; g < JK_GROUPS; ++g) f(s, g, t, b);
   }
+}
+// f(pos, w, a, c) for every group of one row, as jk_group decodes it.
+template <class F> static void each_group(const unsigned char* qs, const unsigned char* hdr, int row, int K, int hr, F f) {
+  each_slice_group(qs, hdr, row, K, hr, [&](const jk_slice& s, int g, int t, int b) {
+    unsigned w[4]; float a, c;
+    const int pos = b * JK_BLOCK + jk_group(s, g, t, w, a, c, lut_);
+    f(pos, w, a, c);
+  });
 }
 #if JK_UNSIGNED
 // Groups whose fp16 (a, c) from jk_group_ac_f16 differ in any bit from the fp32 (a, c) cast to fp16
@@ -85,24 +91,17 @@ template <class F> static void each_group(const unsigned char* qs, const unsigne
 extern "C" int ac_f16_mismatches(const unsigned char* qs, const unsigned char* hdr, int N, int K, int hr, int* groups) {
   int bad = 0;
   *groups = 0;
-  for (int q = 0; q < 16; ++q) lut_[q] = jk_lut_entry(q);
-  const int nb = K / JK_BLOCK;
   for (int row = 0; row < N; ++row)
-    for (int it = 0; it < nb * JK_SLICES; ++it) {
-      const int b = it / JK_SLICES, t = it %% JK_SLICES;
-      jk_slice s;
-      jk_load_slice(s, qs, (unsigned)(row * nb * JK_QB + b * JK_QB), hdr, (unsigned)(row * hr), nb, b, t);
-      for (int g = 0; g < JK_GROUPS; ++g) {
-        float a, c;
-        __half2 a2, c2;
-        jk_group_ac(s, g, t, a, c);
-        jk_group_ac_f16(s, g, t, a2, c2);
-        const _Float16 want[4] = {(_Float16)a, (_Float16)a, (_Float16)c, (_Float16)c};
-        const _Float16 got[4] = {a2.x, a2.y, c2.x, c2.y};
-        bad += memcmp(want, got, sizeof want) != 0;
-        ++*groups;
-      }
-    }
+    each_slice_group(qs, hdr, row, K, hr, [&](const jk_slice& s, int g, int t, int) {
+      float a, c;
+      __half2 a2, c2;
+      jk_group_ac(s, g, t, a, c);
+      jk_group_ac_f16(s, g, t, a2, c2);
+      const _Float16 want[4] = {(_Float16)a, (_Float16)a, (_Float16)c, (_Float16)c};
+      const _Float16 got[4] = {a2.x, a2.y, c2.x, c2.y};
+      bad += memcmp(want, got, sizeof want) != 0;
+      ++*groups;
+    });
   return bad;
 }
 #endif
