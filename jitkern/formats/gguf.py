@@ -171,7 +171,8 @@ def random_blocks(qtype, n: int, k: int, generator: Optional[torch.Generator] = 
     qt = gguf_type(qtype)
     expect(k % qt.block == 0, "k", f"a multiple of the {qt.name} block size {qt.block}", k)
     nb = k // qt.block
-    device = generator.device if generator is not None else device
+    if device is None and generator is not None:
+        device = generator.device
     raw = torch.randint(0, 256, (n, nb, qt.nbytes), dtype=torch.uint8, generator=generator, device=device)
     for f in qt.fields:
         if f.kind.startswith("f16"):
