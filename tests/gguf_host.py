@@ -27,6 +27,7 @@ typedef _Float16 __half;
 struct __half2 { _Float16 x, y; };
 #define JK_UNSIGNED %(unsigned)d
 JK_DEVICE jk_u32x4 jk_load_stream(const jk_u32x4* p) { jk_u32x4 v; memcpy(&v, p, 16); return v; }
+JK_DEVICE jk_u32x4 jk_load_u32x4(const jk_u32x4* p) { return jk_load_stream(p); }
 JK_DEVICE jk_u32x2 jk_load_u32x2(const jk_u32x2* p) { jk_u32x2 v; memcpy(&v, p, 8); return v; }
 JK_DEVICE __half2 jk_half2_bits(unsigned b) { __half2 h; memcpy(&h, &b, 4); return h; }
 JK_DEVICE unsigned jk_word(const jk_u32x4 v, const int i) { return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w; }
@@ -40,7 +41,9 @@ JK_DEVICE float __fadd_rn(float a, float b) { return a + b; }
 JK_DEVICE __half __low2half(__half2 h) { return h.x; }
 JK_DEVICE __half __high2half(__half2 h) { return h.y; }
 JK_DEVICE __half2 __half2half2(__half h) { return {h, h}; }
-JK_DEVICE __half2 __hneg2(__half2 h) { return {(_Float16)-h.x, (_Float16)-h.y}; }
+JK_DEVICE __half __hneg(__half h) { return -h; }
+JK_DEVICE __half2 __low2half2(__half2 h) { return {h.x, h.x}; }
+JK_DEVICE __half2 __high2half2(__half2 h) { return {h.y, h.y}; }
 JK_DEVICE __half2 __hmul2(__half2 a, __half2 b) { return {(_Float16)((float)a.x * (float)b.x), (_Float16)((float)a.y * (float)b.y)}; }
 JK_DEVICE __half2 __hsub2(__half2 a, __half2 b) { return {(_Float16)((float)a.x - (float)b.x), (_Float16)((float)a.y - (float)b.y)}; }
 JK_DEVICE unsigned __byte_perm(unsigned x, unsigned y, unsigned s) {
@@ -49,6 +52,7 @@ JK_DEVICE unsigned __byte_perm(unsigned x, unsigned y, unsigned s) {
   for (int i = 0; i < 4; ++i) r |= (unsigned)((b >> (8 * ((s >> (4 * i)) & 7))) & 0xFFu) << (8 * i);
   return r;
 }
+JK_DEVICE unsigned jk_perm(unsigned x, unsigned y, unsigned s) { return __byte_perm(x, y, s); }
 JK_DEVICE int jk_dot4_i8(int a, int b, int c) {
   for (int j = 0; j < 4; ++j) c += (int)(signed char)(a >> 8 * j) * (int)(signed char)(b >> 8 * j);
   return c;

@@ -51,7 +51,8 @@ def test_wgmma_gemm_compiles_without_spills_or_serialized_mmas(fmt, tokens):
 @pytest.mark.parametrize("qtype,k,takes", [
     ("Q4_0", 2560, True), ("Q4_0", 2592, False),     # 32-element blocks: whole 256-element stages
     ("Q6_K", 2560, True), ("Q2_K", 11008, True),     # planes at 16-byte multiples for any K
-    ("Q4_K", 2560, False), ("Q4_K", 3072, True),     # dm then scales at 4 * nb: nb a multiple of 4
+    ("Q4_K", 2560, True), ("Q5_K", 2816, True),      # one 16-byte header plane
+    ("Q3_K", 2560, False), ("Q3_K", 3072, True),     # scales then d at 12 * nb: nb a multiple of 4
     ("Q3_K", 11008, False), ("IQ4_XS", 3072, False), ("IQ4_XS", 4096, True),
 ])
 def test_gemm_takes_k_where_every_header_plane_starts_aligned(qtype, k, takes):
@@ -70,7 +71,7 @@ def test_gemm_takes_k_where_every_header_plane_starts_aligned(qtype, k, takes):
     ("Q4_0", 57344, 8192, 127, None),     # less than a tile
     ("Q4_0", 1024, 4096, 512, None),      # 16 blocks of 256 tokens on 132 SMs
     ("Q4_0", 57343, 8192, 512, None),     # odd N: the quants' TMA box pairs rows
-    ("Q4_K", 57344, 2560, 512, None),     # a header plane starting unaligned (takes_k)
+    ("Q3_K", 57344, 2560, 512, None),     # a header plane starting unaligned (takes_k)
 ])
 def test_plan_on_an_h100(monkeypatch, qtype, n, k, m, plan):
     """The op's token tile on 132 SMs (jitkern/ops/waves.py, as the GPTQ GEMM's) or None (dequantize +

@@ -20,6 +20,8 @@ Same rows and blocks, but each block's bytes are split over two tensors (struct 
         belonging to block b.  Plane F starts at row byte ``nb * (sum of sizes of the fields before F)``.
         Planes go by decreasing alignment, so every entry is naturally aligned (16-byte fields on 16,
         4-byte fields on 4, halves on 2): e.g. d of block b is the half at ``hdr + n*HR + off_d + 2*b``.
+        Q4_K and Q5_K keep their adjacent header fields as one 16-byte plane, ``dm_scales`` (a block's
+        whole header in one 128-bit load).
 
 Field kinds: ``f16`` one IEEE half; ``f16x2`` two halves ``(d, m)`` / ``(d, dmin)`` = one 32-bit half2
 load; ``u32`` / ``u16`` little-endian integers; ``u8[n]`` / ``i8[n]`` byte arrays.
@@ -34,8 +36,8 @@ Q5_1     7   32   24   16  qs[16] @0                           dm f16x2 (4), qh 
 Q8_0     8   32   34   32  qs i8[32] @0                        d f16 (2)
 Q2_K    10  256   84   64  qs[64] @0                           scales u8[16] (16), dm f16x2 (4)
 Q3_K    11  256  110   96  hmask[32] @0, qs[64] @32            scales u8[12] (12), d f16 (2)
-Q4_K    12  256  144  128  qs[128] @0                          dm f16x2 (4), scales u8[12] (12)
-Q5_K    13  256  176  160  qh[32] @0, qs[128] @32              dm f16x2 (4), scales u8[12] (12)
+Q4_K    12  256  144  128  qs[128] @0                          dm_scales: dm f16x2, scales u8[12] (16)
+Q5_K    13  256  176  160  qh[32] @0, qs[128] @32              dm_scales: dm f16x2, scales u8[12] (16)
 Q6_K    14  256  210  192  ql[128] @0, qh[64] @128             scales i8[16] (16), d f16 (2)
 IQ4_NL  20   32   18   16  qs[16] @0                           d f16 (2)
 IQ4_XS  23  256  136  128  qs[128] @0                          scales_l u8[4] (4), d f16 (2), scales_h u16 (2)
@@ -225,10 +227,12 @@ class GGUFLayout:
         return tuple(out)
 
     def plane(self, name: str) -> torch.Tensor:
-        """Header field ``name`` as a uint8 view [n, nb, size]."""
+        """Header field ``name`` as a uint8 view [n, nb, size] (of its plane's entries, for a joined
+        field)."""
         nb = self.blocks_per_row
-        f, off = next((f, o) for f, o in self.planes if f.name == name)
-        return self.hdr[:, off:off + nb * f.size].view(self.n, nb, f.size)
+        field, at = self.type.plane_of(name)
+        f, off = next((f, o) for f, o in self.planes if f == field)
+        return self.hdr[:, off:off + nb * f.size].view(self.n, nb, f.size)[..., at:at + self.type.field(name).size]
 
     def quant(self, name: str) -> torch.Tensor:
         """Quant field ``name`` as a uint8 view [n, nb, size] of ``qs``."""

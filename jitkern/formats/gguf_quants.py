@@ -45,6 +45,7 @@ class QType:
     fields: Tuple[Field, ...]       # in stored order
     quants: Tuple[str, ...]         # fields that go to the 16-byte aligned quant tensor, in that order
     decode: Callable[[Fields], torch.Tensor]
+    joined: Tuple[str, ...] = ()     # adjacent header fields kept as one plane, named "a_b"
 
     @property
     def quant_bytes(self) -> int:
@@ -52,9 +53,21 @@ class QType:
 
     @property
     def header_fields(self) -> Tuple[Field, ...]:
-        """Header planes in layout order: decreasing alignment, ties in stored order."""
-        hdr = [f for f in self.fields if f.name not in self.quants]
+        """Header planes in layout order: decreasing alignment, ties in stored order.  Joined fields
+        are one plane (a Field of kind "joined"): Q4_K's and Q5_K's (d, dmin) and 12 bytes of scales
+        make 16, which a kernel reads with one 128-bit load."""
+        hdr = [f for f in self.fields if f.name not in self.quants and f.name not in self.joined]
+        if self.joined:
+            parts = [self.field(n) for n in self.joined]
+            assert all(a.offset + a.size == b.offset for a, b in zip(parts, parts[1:])), self.name
+            hdr.append(Field("_".join(self.joined), parts[0].offset, sum(f.size for f in parts), "joined"))
         return tuple(sorted(hdr, key=lambda f: (-f.align, f.offset)))
+
+    def plane_of(self, name: str) -> Tuple[Field, int]:
+        """The header plane holding field ``name`` and the field's byte offset inside its entries."""
+        f = self.field(name)
+        plane = next(p for p in self.header_fields if p.offset <= f.offset < p.offset + p.size)
+        return plane, f.offset - plane.offset
 
     @property
     def header_bytes(self) -> int:
@@ -216,10 +229,10 @@ def _iq4_xs(f: Fields) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 # the table (ids and sizes match gguf.GGML_QUANT_SIZES; the test checks it)
 
-def _t(name, gid, block, nbytes, fields, quants, decode) -> QType:
+def _t(name, gid, block, nbytes, fields, quants, decode, joined=()) -> QType:
     fs = tuple(Field(*x) for x in fields)
     assert sum(f.size for f in fs) == nbytes, name
-    return QType(name, gid, block, nbytes, fs, quants, decode)
+    return QType(name, gid, block, nbytes, fs, quants, decode, joined)
 
 
 _D = ("d", None, 2, "f16")
@@ -246,9 +259,10 @@ TYPES: Dict[str, QType] = {t.name: t for t in (
     _t("Q3_K", 11, QK_K, 110, _fields(("hmask", 0, 32, "u8"), ("qs", 0, 64, "u8"),
                                       ("scales", 0, 12, "u8"), _D), ("hmask", "qs"), _q3_k),
     _t("Q4_K", 12, QK_K, 144, _fields(("dm", 0, 4, "f16x2"), ("scales", 0, 12, "u8"),
-                                      ("qs", 0, 128, "u8")), ("qs",), _q4_k),
+                                      ("qs", 0, 128, "u8")), ("qs",), _q4_k, ("dm", "scales")),
     _t("Q5_K", 13, QK_K, 176, _fields(("dm", 0, 4, "f16x2"), ("scales", 0, 12, "u8"),
-                                      ("qh", 0, 32, "u8"), ("qs", 0, 128, "u8")), ("qh", "qs"), _q5_k),
+                                      ("qh", 0, 32, "u8"), ("qs", 0, 128, "u8")), ("qh", "qs"), _q5_k,
+       ("dm", "scales")),
     _t("Q6_K", 14, QK_K, 210, _fields(("ql", 0, 128, "u8"), ("qh", 0, 64, "u8"),
                                       ("scales", 0, 16, "i8"), _D), ("ql", "qh"), _q6_k),
     _t("IQ4_NL", 20, 32, 18, _fields(_D, ("qs", 0, 16, "u8")), ("qs",), _iq4_nl),

@@ -57,8 +57,8 @@ def k_order(layout: GGUFLayout, device) -> torch.Tensor:
 def takes_k(qtype: str, k: int) -> bool:
     """Whether the GEMM takes rows of K elements: whole 256-element stages, and every header plane
     starting 16-byte aligned in a row (a TMA box's inner coordinate must be; the H100 raises an illegal
-    instruction otherwise): for Q3_K, Q4_K and Q5_K K a multiple of 1024, for IQ4_XS of 2048 (Llama-2's
-    K = 11008 is neither; such layers dequantize + cuBLAS)."""
+    instruction otherwise): for Q3_K K a multiple of 1024, for IQ4_XS of 2048 (Llama-2's K = 11008 is
+    neither; such layers dequantize + cuBLAS)."""
     from ..formats.gguf import gguf_type
 
     if k % STAGE:
