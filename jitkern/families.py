@@ -210,14 +210,15 @@ def _gguf_consts(spec) -> dict:
         planes[f.name] = off
         off += f.size
     # NVIDIA sm_80+ GEMV: tensor cores on fp16 activations (no quantize launch).  A warp owns one 16-row
-    # tile, or two for the 256-element block types from M = 3 and for Q4_K / Q5_K at any M (each x load
+    # tile, or two for the 256-element block types from M = 3 and for Q4_K at any M (each x load
     # then serves 32 rows: half the x traffic; H100: Q6_K M=8 0.66 -> 0.75, Q4_K 0.64 -> 0.67 of fp16,
-    # and Q4_K M=1, one step of a block a row, 0.807 -> 0.819 in three same-run rounds; Q4_0 and Q8_0
-    # gained nothing from M = 3), in blocks of up to 256 / 512 threads (<= 128 registers).  A lane loads `unroll` slices
+    # and Q4_K M=1, one step of a block a row, 0.807 -> 0.819 in three same-run rounds; Q5_K's M = 1
+    # step, with its high bits, then spills; Q4_0 and Q8_0 gained nothing from M = 3, Q4_0 M=1 lost
+    # 0.874 -> 0.858), in blocks of up to 256 / 512 threads (<= 128 registers).  A lane loads `unroll` slices
     # of each of its rows before decoding: 8 slices (4 of 2 rows, 2 of 4) where a slice is one 16-byte
     # vector, half that for the two- and three-vector slices of Q3_K, Q5_K and Q6_K.
     mma = spec.family == "gguf_gemv" and spec.target.vendor == "nvidia" and spec.target.sm >= 80
-    tiles = 2 if qt.block == 256 and (spec.m >= 3 or spec.fmt in ("q4_k", "q5_k")) else 1
+    tiles = 2 if qt.block == 256 and (spec.m >= 3 or spec.fmt == "q4_k") else 1
     unroll = (4 if spec.fmt not in ("q3_k", "q5_k", "q6_k") else 2) // tiles
     if spec.fmt in ("q4_k", "q5_k", "iq4_xs"):      # a step covers whole 8-slice blocks
         unroll = max(unroll, 2)
