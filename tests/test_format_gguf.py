@@ -13,7 +13,8 @@ T = gguf.GGMLQuantizationType
 NAMES = list(G.TYPES)
 
 # The layout contract of the module docstring, restated from kernel-spec.md §1.3.2 (stored offsets):
-# type -> (quant fields in qs order, header planes in order), each as (stored offset, size).
+# type -> (quant fields in qs order, header planes in order), each as (stored offset, size).  Q4_K's
+# and Q5_K's (d, dmin) and scales are one 16-byte plane (dm_scales).
 DOC = {
     "Q4_0": ([(2, 16)], [(0, 2)]),
     "Q4_1": ([(4, 16)], [(0, 4)]),
@@ -22,8 +23,8 @@ DOC = {
     "Q8_0": ([(2, 32)], [(0, 2)]),
     "Q2_K": ([(16, 64)], [(0, 16), (80, 4)]),
     "Q3_K": ([(0, 32), (32, 64)], [(96, 12), (108, 2)]),
-    "Q4_K": ([(16, 128)], [(0, 4), (4, 12)]),
-    "Q5_K": ([(16, 32), (48, 128)], [(0, 4), (4, 12)]),
+    "Q4_K": ([(16, 128)], [(0, 16)]),
+    "Q5_K": ([(16, 32), (48, 128)], [(0, 16)]),
     "Q6_K": ([(0, 128), (128, 64)], [(192, 16), (208, 2)]),
     "IQ4_NL": ([(2, 16)], [(0, 2)]),
     "IQ4_XS": ([(8, 128)], [(4, 4), (0, 2), (2, 2)]),
