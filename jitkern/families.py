@@ -97,10 +97,6 @@ def _dependent_launch(spec, waits: bool) -> bool:
 # onto the SMs that free first.  Not kept where it measured worse: the Q8_0 GEMV at M > 1 (H200 M=8
 # 0.908 -> 0.878, 0.909 -> 0.888) and the dense GEMV (1.107 -> 1.091).  Always using the largest
 # block with it was worse (int4 M=1 0.680 -> 0.612).
-# `min_fill` (ops/splitk.py plan): int4 blocks one size up where a single wave would fill under 2/3 of
-# the SM slots.  H200, 70B qkv (N = 10240: 320 tiles, 61% of 528 slots with 128 threads; 256 threads
-# take 1.2 waves), two runs each: int4 M = 1, 2, 4, 8 23.5 -> 21.3, 25.4 -> 21.9, 25.8 -> 22.3,
-# 25.1 -> 22.5 us; int8 (48% filled) got slower with it, 32.6 -> 34.5 us at M = 1, so it keeps one wave.
 
 
 def _gemv_consts(spec) -> dict:
@@ -113,8 +109,7 @@ def _gemv_consts(spec) -> dict:
             unroll = 2 if spec.bits in (3, 8) else 4
             pdl = _dependent_launch(spec, True)
             return {"threads": 512, "msplit": 1, "mpl": spec.m, "occupancy": 1, "mma": True, "gathers_x": False,
-                    "unroll": unroll, "pdl": pdl, "trigger_early": pdl,
-                    "min_fill": 2 / 3 if pdl and spec.bits == 4 else 0}
+                    "unroll": unroll, "pdl": pdl, "trigger_early": pdl}
     # CUDA-core builds (gfx906; NVIDIA before sm_80): lanes sharing one 128-bit weight load (same
     # address, one request) split the M rows so that a lane stays within 64 VGPRs on gfx906 (4 waves
     # per SIMD) without scratch, and within 128 registers on NVIDIA (one lane keeping all 8 rows

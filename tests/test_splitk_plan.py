@@ -31,6 +31,7 @@ def h100(monkeypatch):
     (896, 128, (128, 1)),     # N = 28672: no block size fits in one wave; the smallest
     (192, 128, (256, 1)),     # N = 6144: 256-thread blocks are all resident at once, 512 are not
     (320, 256, (128, 1)),     # N = 10240: only 128-thread blocks fit in one wave
+    (160, 160, (256, 1)),     # N = K = 5120: one wave at 61% of its slots beats 1.2 waves of 512
     (32, 448, (512, 4)),      # N = 1024, K = 14336: 32 tiles on 132 SMs split K four ways
     (64, 256, (512, 2)),      # N = 2048, K = 8192
     (32, 8, (128, 1)),        # K = 256: too little K for more warps or any split
@@ -40,14 +41,6 @@ def test_plan(h100, tiles, units, expect):
     assert got == expect
     threads, splits = got
     assert (threads // 32) * splits * 4 <= max(units, 4 * 4), "every warp streams at least one step"
-
-
-def test_min_fill_takes_the_next_block_size_for_a_thin_wave(h100):
-    thin = FakeKernel(registers=116)
-    thin.consts["min_fill"] = 2 / 3
-    assert splitk.plan(thin, 320, 256, torch.device("cpu")) == (256, 1)   # 320 of 528 slots: 61%
-    assert splitk.plan(thin, 192, 128, torch.device("cpu")) == (256, 1)   # 192 of 264: 73%, kept
-    assert splitk.plan(thin, 128, 128, torch.device("cpu")) == (512, 1)   # already the largest
 
 
 @pytest.mark.parametrize("blocks,pipelined,expect", [
