@@ -88,6 +88,8 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = N
             return F.linear(x.to(weight.dtype), weight, bias if bias is None else bias.to(weight.dtype)).to(dtype)
         weight = weight.half()           # only a bf16 weight passed in directly pays this per call
     x = loadable_rows(x.half())                                       # 128-bit loads of every row
+    if x.stride(0) * (x.shape[0] - 1) + x.shape[1] >= 2 ** 31:      # the CUDA-core GEMV: 32-bit byte offsets into x
+        x = x.contiguous()
     bias = None if bias is None else bias.half()
     m, (n, k) = x.shape[0], weight.shape
     tiles = (n + kernels["rows"] - 1) // kernels["rows"]
