@@ -47,6 +47,12 @@ def loadable_rows(t: torch.Tensor) -> torch.Tensor:
     return t if vector_rows(t) else t.clone(memory_format=torch.contiguous_format)
 
 
+def rows_in_32bit_reach(t: torch.Tensor) -> torch.Tensor:
+    """t, or a contiguous copy where the GEMVs' 32-bit offsets into it (row m at m * stride(0)
+    elements, in bytes on gfx906) would pass 2^31 elements: only views with a huge row pitch."""
+    return t if t.stride(0) * (t.shape[0] - 1) + t.shape[-1] < 2 ** 31 else t.contiguous()
+
+
 def _same_device(actual: torch.device, wanted: torch.device) -> bool:
     # "cuda" (no index) matches any cuda device; an explicit index must match exactly
     return actual.type == wanted.type and (wanted.index is None or actual.index == wanted.index)

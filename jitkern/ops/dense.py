@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from ..arch import Target, resolve
 from ..families import get_family
-from ..formats.checks import expect, expect_tensor, loadable_rows
+from ..formats.checks import expect, expect_tensor, loadable_rows, rows_in_32bit_reach
 from ..runtime import get_kernel
 from ..spec import KernelSpec
 
@@ -87,9 +87,7 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = N
         if native_bf16(kernels["target"]):
             return F.linear(x.to(weight.dtype), weight, bias if bias is None else bias.to(weight.dtype)).to(dtype)
         weight = weight.half()           # only a bf16 weight passed in directly pays this per call
-    x = loadable_rows(x.half())                                       # 128-bit loads of every row
-    if x.stride(0) * (x.shape[0] - 1) + x.shape[1] >= 2 ** 31:      # the CUDA-core GEMV: 32-bit byte offsets into x
-        x = x.contiguous()
+    x = rows_in_32bit_reach(loadable_rows(x.half()))                 # 128-bit loads of every row
     bias = None if bias is None else bias.half()
     m, (n, k) = x.shape[0], weight.shape
     tiles = (n + kernels["rows"] - 1) // kernels["rows"]

@@ -29,7 +29,7 @@ from .. import env
 from . import blas, gguf_gemm, splitk
 from ..arch import resolve
 from ..families import GGUF_GEMM_TOKENS, get_family
-from ..formats.checks import expect, expect_tensor, loadable_rows, vector_rows
+from ..formats.checks import expect, expect_tensor, loadable_rows, rows_in_32bit_reach, vector_rows
 from ..formats.gguf import GGUFLayout, dequantize_layout, gguf_type
 from ..runtime import get_kernel
 from ..spec import KernelSpec
@@ -160,6 +160,7 @@ def gemv(x: torch.Tensor, layout: GGUFLayout, bias: Optional[torch.Tensor] = Non
     """y = x @ W.T (+ bias) for 1 <= M <= 8 rows of fp16 x [M, K] on the layout's device."""
     m = x.shape[0]
     expect(1 <= m <= MAX_GEMV_M, "x", f"1..{MAX_GEMV_M} rows for the GEMV", m)
+    x = rows_in_32bit_reach(x)
     kernel = _loaded(layout, x.device)[("gemv", m)]
     if out is None:
         out = torch.empty(m, layout.n, dtype=torch.float16, device=x.device)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from .. import env
-from ..formats.checks import expect, expect_tensor, vector_rows
+from ..formats.checks import expect, expect_tensor, rows_in_32bit_reach, vector_rows
 from ..formats.layout import TILE_N, IntLayout
 from ..runtime import get_kernel
 from . import blas, int_gemm_triton, splitk, waves, xpack
@@ -103,9 +103,8 @@ def _reserve_workspace(kernels: dict, layout: IntLayout, device) -> None:
 
 def gemv(x: torch.Tensor, layout: IntLayout, bias: torch.Tensor | None = None) -> torch.Tensor:
     """y = x @ W.T for 1 <= M <= 8 rows; x fp16 [M, k_in] contiguous on the layout's device."""
+    x = rows_in_32bit_reach(x)
     m = x.shape[0]
-    if x.stride(0) * (m - 1) + x.shape[1] >= 2 ** 31:   # the CUDA-core GEMV: 32-bit byte offsets into x
-        x = x.contiguous()
     kernels = _variant_kernels(layout, x.device)
     kernel = kernels[("gemv", m)]
     if layout.act_order and not kernel.consts["gathers_x"]:   # the GEMV reads x in layout row order
